@@ -1,0 +1,1 @@
+"""Consumers with side effects: notification delivery and the audit trail."""

@@ -1,0 +1,1 @@
+"""Composition root: settings, the ``escalate`` CLI and the process that runs the pipeline."""

@@ -1,0 +1,80 @@
+"""The one settings object of the whole pipeline.
+
+Every component receives a ``Settings`` instance from the composition root; nothing below this
+package reads the environment on its own, so tests can run several pipelines side by side.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PACKAGE_ROOT = Path(__file__).resolve().parent
+DEFAULT_CONFIG_DIR = PACKAGE_ROOT / "defaults"
+
+
+def parse_api_keys(raw: str) -> dict[str, str]:
+    """Parse ``name=key,name2=key2`` into ``{key: name}`` so a request key maps to its client."""
+    keys: dict[str, str] = {}
+    for chunk in raw.split(","):
+        chunk = chunk.strip()
+        if not chunk:
+            continue
+        name, sep, key = chunk.partition("=")
+        if not sep or not name.strip() or not key.strip():
+            raise ValueError(
+                f"ESCALATE_INTAKE_API_KEYS entry {chunk.split('=')[0]!r} must look like name=key"
+            )
+        keys[key.strip()] = name.strip()
+    return keys
+
+
+class Settings(BaseSettings):
+    """Settings from ``ESCALATE_*`` environment variables (see README, 'Configuration')."""
+
+    model_config = SettingsConfigDict(env_prefix="ESCALATE_", extra="ignore")
+
+    kafka_bootstrap_servers: str | None = Field(
+        default=None,
+        description="host:port[,host:port]; unset means 'start the local broker'.",
+    )
+    topic_prefix: str = Field(default="", description="Prefix for every topic name.")
+    database_url: str = "sqlite:///var/escalate.db"
+    smtp_host: str | None = None
+    smtp_port: int = 25
+    smtp_sender: str = "escalate@localhost"
+    smtp_timeout_s: float = 15.0
+    http_host: str = "127.0.0.1"
+    http_port: int = 8000
+    intake_api_keys: str = ""
+    directory_file: Path = DEFAULT_CONFIG_DIR / "directory.yaml"
+    policy_file: Path = DEFAULT_CONFIG_DIR / "policy.yaml"
+    secret_key: SecretStr = SecretStr("dev-only-change-me")
+    var_dir: Path = Path("var")
+    kafka_home: Path = Field(
+        default=Path.home() / ".cache" / "escalate" / "kafka",
+        description="Where the local broker's jars, config and data live (outside the repo).",
+    )
+    kafka_port: int = 9092
+    kafka_controller_port: int = 9093
+    app_id: str = "escalate"
+    max_description_chars: int = 10_000
+    notify_max_attempts: int = 5
+    notify_backoff_s: float = 1.0
+    metrics_port: int = 0
+
+    @field_validator("intake_api_keys")
+    @classmethod
+    def _check_keys(cls, value: str) -> str:
+        parse_api_keys(value)
+        return value
+
+    @property
+    def api_keys(self) -> dict[str, str]:
+        return parse_api_keys(self.intake_api_keys)
+
+    @property
+    def outbox_dir(self) -> Path:
+        return self.var_dir / "outbox"

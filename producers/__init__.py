@@ -1,0 +1,1 @@
+"""Ways reports enter the pipeline."""

@@ -1,0 +1,1 @@
+"""Event contracts between pipeline stages: the only thing stages share."""

@@ -1,0 +1,46 @@
+"""Every topic, its key, value contract and partition count, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from pydantic import BaseModel
+
+from schemas.audit import AuditEvent, DeadLetter
+from schemas.incidents import IncidentClassified
+from schemas.notifications import DeliveryResult, NotificationRequest
+from schemas.reports import ReportSubmitted
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    base_name: str
+    key: str
+    model: type[BaseModel]
+    partitions: int = 3
+
+    def name(self, prefix: str = "") -> str:
+        return f"{prefix}{self.base_name}"
+
+
+REPORTS_SUBMITTED = TopicSpec("reports.submitted.v1", key="report_id", model=ReportSubmitted)
+INCIDENTS_CLASSIFIED = TopicSpec(
+    "incidents.classified.v1", key="incident_id", model=IncidentClassified
+)
+NOTIFICATIONS_REQUESTED = TopicSpec(
+    "notifications.requested.v1", key="incident_id", model=NotificationRequest
+)
+NOTIFICATIONS_RESULTS = TopicSpec(
+    "notifications.results.v1", key="incident_id", model=DeliveryResult
+)
+AUDIT_EVENTS = TopicSpec("audit.events.v1", key="incident_id", model=AuditEvent)
+DEAD_LETTER = TopicSpec("deadletter.v1", key="source key", model=DeadLetter, partitions=1)
+
+ALL_TOPICS: tuple[TopicSpec, ...] = (
+    REPORTS_SUBMITTED,
+    INCIDENTS_CLASSIFIED,
+    NOTIFICATIONS_REQUESTED,
+    NOTIFICATIONS_RESULTS,
+    AUDIT_EVENTS,
+    DEAD_LETTER,
+)
