@@ -1,0 +1,29 @@
+"""Identifiers that several stages must derive the same way."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+
+# Crockford-style alphabet without look-alikes (no I, L, O, U) so codes survive being read aloud.
+_CODE_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def incident_id_for_report(report_id: str) -> str:
+    """A single report opens an incident whose id derives from the report's."""
+    return "inc-" + report_id
+
+
+def event_id(*parts: str) -> str:
+    """Deterministic id for an event, so a replay is recognised and written once."""
+    return hashlib.sha256("|".join(parts).encode("utf-8")).hexdigest()[:32]
+
+
+def notification_id(incident_id: str, recipient_email: str, step: int) -> str:
+    return event_id("notification", incident_id, recipient_email.lower(), str(step))
+
+
+def new_tracking_code() -> str:
+    """A short code a reporter can keep, e.g. ``ESC-7K3M-9Q2X`` (40 bits of randomness)."""
+    raw = "".join(secrets.choice(_CODE_ALPHABET) for _ in range(8))
+    return f"ESC-{raw[:4]}-{raw[4:]}"
