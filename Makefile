@@ -1,0 +1,37 @@
+# Two commands for a newcomer: `make run` and `make test`. Everything lives in .venv.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint typecheck check schemas bench clean-var
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	touch $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/escalate up
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STAMP)
+	$(BIN)/mypy escalate schemas producers stream_processors consumers
+
+check: lint typecheck test
+
+schemas: $(STAMP)
+	$(BIN)/escalate schemas export --out schemas/json
+
+bench: $(STAMP)
+	$(BIN)/python bench/classify_bench.py
+
+clean-var:
+	rm -rf var

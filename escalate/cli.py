@@ -1,0 +1,216 @@
+"""The ``escalate`` command: one entry point for operators, developers and the processes."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from escalate.settings import Settings
+
+
+def _settings() -> Settings:
+    return Settings()
+
+
+def _load_policy(settings: Settings):  # type: ignore[no-untyped-def]
+    from schemas.policy import Policy
+    from schemas.yaml_loader import load_yaml_model
+
+    return load_yaml_model(settings.policy_file, Policy)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from escalate.up import up
+
+    return up(_settings())
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from escalate.components import RUNNERS
+
+    return RUNNERS[args.component](_settings())
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    from stream_processors.classification.batch import classify_stream, evaluate_file
+
+    policy = _load_policy(_settings())
+    if args.evaluate:
+        return evaluate_file(Path(args.evaluate), policy, sys.stdout)
+    if args.file and args.file != "-":
+        with open(args.file, encoding="utf-8") as fh:
+            return classify_stream(fh, policy, sys.stdout)
+    return classify_stream(sys.stdin, policy, sys.stdout)
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    from stream_processors.classification.policy_tools import check_files
+
+    settings = _settings()
+    paths = [Path(p) for p in args.files] or [settings.policy_file, settings.directory_file]
+    problems = check_files(paths)
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if not problems:
+        for path in paths:
+            print(f"{path}: ok")
+    return 1 if problems else 0
+
+
+def cmd_policy_show(args: argparse.Namespace) -> int:
+    from stream_processors.classification.policy_tools import show_policy
+
+    sys.stdout.write(show_policy(_load_policy(_settings())))
+    return 0
+
+
+def cmd_policy_reload(args: argparse.Namespace) -> int:
+    from escalate.reload import request_reload
+
+    return request_reload(_settings())
+
+
+def cmd_audit_timeline(args: argparse.Namespace) -> int:
+    from consumers.audit.store import timeline_command
+
+    return timeline_command(_settings(), args.id, sys.stdout)
+
+
+def cmd_db_migrate(args: argparse.Namespace) -> int:
+    from consumers.audit.store import migrate
+
+    settings = _settings()
+    settings.var_dir.mkdir(parents=True, exist_ok=True)
+    migrate(settings.database_url)
+    print("audit database at the latest schema")
+    return 0
+
+
+def cmd_topics_create(args: argparse.Namespace) -> int:
+    from escalate.components import require_bootstrap
+    from escalate.topics_admin import ensure_topics
+
+    settings = _settings()
+    created = ensure_topics(require_bootstrap(settings), settings.topic_prefix)
+    print("\n".join(created) if created else "all topics exist")
+    return 0
+
+
+def cmd_send(args: argparse.Namespace) -> int:
+    from producers.bulk_import import send_lines
+
+    settings = _settings()
+    url = args.url or f"http://{settings.http_host}:{settings.http_port}"
+    key = args.api_key or next(iter(settings.api_keys), "")
+    if not key:
+        print("no API key: pass --api-key or set ESCALATE_INTAKE_API_KEYS", file=sys.stderr)
+        return 2
+    if args.file == "-":
+        return send_lines(sys.stdin, url, key, sys.stdout)
+    with open(args.file, encoding="utf-8") as fh:
+        return send_lines(fh, url, key, sys.stdout)
+
+
+def cmd_schemas_export(args: argparse.Namespace) -> int:
+    from schemas.export import export_json_schemas
+
+    written = export_json_schemas(Path(args.out))
+    print(f"wrote {len(written)} JSON Schema files to {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="escalate",
+        description="Online-safety incident escalation pipeline. Settings: ESCALATE_* variables.",
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="log at INFO level")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    add("up", cmd_up, "run the whole pipeline (starts a local broker when none is configured)")
+    run = add("run", cmd_run, "run one component in the foreground")
+    run.add_argument("component", choices=["intake", "processors", "notifier", "audit"])
+
+    classify = add("classify", cmd_classify, "classify JSON-lines reports from FILE or stdin")
+    classify.add_argument("file", nargs="?", help="JSON lines; '-' or nothing for stdin")
+    classify.add_argument("--evaluate", metavar="FILE", help="evaluate on a labelled corpus")
+
+    policy = sub.add_parser("policy", help="check, show or reload the policy")
+    psub = policy.add_subparsers(dest="policy_command", required=True)
+    check = psub.add_parser("check", help="validate policy, rules and directory files")
+    check.add_argument("files", nargs="*", help="files to check (default: the configured ones)")
+    check.set_defaults(func=cmd_policy_check)
+    psub.add_parser("show", help="print the effective policy as YAML").set_defaults(
+        func=cmd_policy_show
+    )
+    psub.add_parser("reload", help="make the running pipeline load the policy now").set_defaults(
+        func=cmd_policy_reload
+    )
+
+    audit = sub.add_parser("audit", help="read the audit trail")
+    asub = audit.add_subparsers(dest="audit_command", required=True)
+    tl = asub.add_parser("timeline", help="an incident's events as JSON lines, in order")
+    tl.add_argument("id", help="report id, tracking code or incident id")
+    tl.set_defaults(func=cmd_audit_timeline)
+
+    db = sub.add_parser("db", help="audit database maintenance")
+    dsub = db.add_subparsers(dest="db_command", required=True)
+    dsub.add_parser("migrate", help="upgrade the schema to the latest version").set_defaults(
+        func=cmd_db_migrate
+    )
+
+    topics = sub.add_parser("topics", help="Kafka topics")
+    tsub = topics.add_subparsers(dest="topics_command", required=True)
+    tsub.add_parser("create", help="create missing topics").set_defaults(func=cmd_topics_create)
+
+    send = add("send", cmd_send, "post JSON-lines reports to the intake API (bulk import)")
+    send.add_argument("file", help="JSON lines, one report (or {'report': ...}) each; '-' = stdin")
+    send.add_argument("--url", help="intake base URL (default from ESCALATE_HTTP_HOST/PORT)")
+    send.add_argument("--api-key", help="X-API-Key to use (default: first configured key)")
+
+    schemas = sub.add_parser("schemas", help="event contracts")
+    ssub = schemas.add_subparsers(dest="schemas_command", required=True)
+    exp = ssub.add_parser("export", help="write JSON Schema files")
+    exp.add_argument("--out", default="schemas/json")
+    exp.set_defaults(func=cmd_schemas_export)
+
+    try:
+        from escalate.cli_kafka import add_kafka_commands
+
+        add_kafka_commands(sub, _settings)
+    except ImportError:  # pragma: no cover - only while the module is being written
+        pass
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.INFO if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        result: int = args.func(args)
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        from schemas.yaml_loader import ConfigError
+
+        if isinstance(exc, ConfigError):
+            print(f"configuration refused:\n{exc}", file=sys.stderr)
+            return 2
+        raise
+    return result
+
+
+if __name__ == "__main__":
+    sys.exit(main())

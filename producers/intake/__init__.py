@@ -1,0 +1,1 @@
+"""HTTP intake: the JSON API for apps and channel adapters, and the web form."""

@@ -1,0 +1,88 @@
+"""Writes accepted reports to Kafka and waits until the broker has them."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from datetime import UTC, datetime
+
+from kafka import KafkaProducer
+from kafka.errors import KafkaError
+
+from schemas.ids import new_tracking_code
+from schemas.reports import ReportIn, ReportSubmitted
+from schemas.topics import REPORTS_SUBMITTED
+
+log = logging.getLogger("escalate.intake")
+
+
+class PublishError(RuntimeError):
+    """The broker did not confirm the write: the reporter must not be told 'accepted'."""
+
+
+class ReportPublisher:
+    """One idempotent producer (acks=all) shared by all requests; kafka-python's is thread-safe."""
+
+    def __init__(self, bootstrap: str, topic_prefix: str = "", timeout_s: float = 10.0) -> None:
+        self._bootstrap = bootstrap
+        self._topic = REPORTS_SUBMITTED.name(topic_prefix)
+        self._timeout_s = timeout_s
+        self._producer: KafkaProducer | None = None
+        self._lock = threading.Lock()
+
+    def _get(self) -> KafkaProducer:
+        with self._lock:
+            if self._producer is None:
+                try:
+                    self._producer = KafkaProducer(
+                        bootstrap_servers=self._bootstrap.split(","),
+                        acks="all",
+                        enable_idempotence=True,
+                        linger_ms=0,
+                        max_block_ms=int(self._timeout_s * 1000),
+                        request_timeout_ms=int(self._timeout_s * 1000),
+                        retries=5,
+                        client_id="escalate-intake",
+                    )
+                except KafkaError as exc:
+                    raise PublishError(f"cannot reach the broker: {type(exc).__name__}") from exc
+            return self._producer
+
+    def publish(self, report: ReportIn, intake_client: str) -> ReportSubmitted:
+        submitted = ReportSubmitted(
+            report_id=str(uuid.uuid4()),
+            tracking_code=new_tracking_code(),
+            received_at=datetime.now(UTC),
+            intake_client=intake_client,
+            report=report,
+        )
+        producer = self._get()
+        try:
+            future = producer.send(
+                self._topic,
+                key=submitted.report_id.encode("utf-8"),
+                value=submitted.model_dump_json().encode("utf-8"),
+            )
+            future.get(timeout=self._timeout_s)
+        except KafkaError as exc:
+            log.error("report %s not stored: %s", submitted.report_id, type(exc).__name__)
+            raise PublishError(f"the broker did not confirm the write: {type(exc).__name__}") from exc
+        log.info(
+            "report %s accepted from %s (%s)", submitted.report_id, intake_client, report.channel
+        )
+        return submitted
+
+    def ready(self) -> bool:
+        """True when the producer can see the reports topic's partitions."""
+        try:
+            producer = self._get()
+            return bool(producer.partitions_for(self._topic))
+        except (KafkaError, PublishError):
+            return False
+
+    def close(self) -> None:
+        with self._lock:
+            if self._producer is not None:
+                self._producer.close(timeout=5)
+                self._producer = None

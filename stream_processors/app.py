@@ -1,0 +1,196 @@
+"""The faust application: thin agents around the pure classification and routing cores.
+
+Messages travel as raw bytes and are parsed here with the pydantic contracts, so a message that
+does not parse becomes a dead letter with its reason instead of crashing the agent.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+import faust
+from prometheus_client import CollectorRegistry, Counter, Gauge
+from pydantic import BaseModel, ValidationError
+
+from escalate.settings import Settings
+from schemas.audit import DeadLetter
+from schemas.incidents import IncidentClassified
+from schemas.reports import ReportSubmitted
+from schemas.topics import (
+    AUDIT_EVENTS,
+    DEAD_LETTER,
+    INCIDENTS_CLASSIFIED,
+    NOTIFICATIONS_REQUESTED,
+    REPORTS_SUBMITTED,
+    TopicSpec,
+)
+from stream_processors.classify_stage import open_incident
+from stream_processors.config_holder import ConfigHolder
+from stream_processors.routing.core import plan_notifications
+
+log = logging.getLogger("escalate.processors")
+
+
+class ProcessorMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.classified = Counter(
+            "escalate_reports_classified_total",
+            "Reports classified, by severity and category.",
+            ["severity", "category"],
+            registry=registry,
+        )
+        self.routed = Counter(
+            "escalate_notifications_requested_total",
+            "Notification requests emitted, by tier.",
+            ["tier"],
+            registry=registry,
+        )
+        self.dead_letters = Counter(
+            "escalate_dead_letters_total",
+            "Messages sent to the dead-letter topic, by stage.",
+            ["stage"],
+            registry=registry,
+        )
+        self.unknown_school = Counter(
+            "escalate_unknown_school_total",
+            "Incidents whose school code is not in the directory.",
+            registry=registry,
+        )
+        self.policy_info = Gauge(
+            "escalate_policy_loaded_timestamp_seconds",
+            "When the policy in force was loaded, labelled by its version.",
+            ["version"],
+            registry=registry,
+        )
+        self.policy_refused = Counter(
+            "escalate_policy_reload_refused_total",
+            "Changed policy or directory files that failed validation and were not applied.",
+            registry=registry,
+        )
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _raw_topic(app: faust.App, spec: TopicSpec, prefix: str) -> Any:
+    return app.topic(
+        spec.name(prefix),
+        key_type=bytes,
+        value_type=bytes,
+        key_serializer="raw",
+        value_serializer="raw",
+        partitions=spec.partitions,
+    )
+
+
+def _encode(model: BaseModel) -> bytes:
+    return model.model_dump_json().encode("utf-8")
+
+
+def create_app(
+    settings: Settings,
+    bootstrap: str,
+    holder: ConfigHolder,
+    registry: CollectorRegistry,
+) -> faust.App:
+    """Build the processor app. Nothing runs until a faust worker starts it."""
+    prefix = settings.topic_prefix
+    metrics = ProcessorMetrics(registry)
+    metrics.policy_info.labels(holder.current().policy_version).set_to_current_time()
+    app = faust.App(
+        f"{settings.app_id}-processors",
+        broker=[f"kafka://{b.strip()}" for b in bootstrap.split(",")],
+        processing_guarantee="exactly_once",
+        store="memory://",
+        web_enabled=False,
+        topic_partitions=REPORTS_SUBMITTED.partitions,
+        topic_allow_declare=False,
+        topic_disable_leader=True,
+        producer_acks=-1,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_every=1,
+        broker_commit_interval=0.5,
+    )
+    reports = _raw_topic(app, REPORTS_SUBMITTED, prefix)
+    incidents = _raw_topic(app, INCIDENTS_CLASSIFIED, prefix)
+    notifications = _raw_topic(app, NOTIFICATIONS_REQUESTED, prefix)
+    audit = _raw_topic(app, AUDIT_EVENTS, prefix)
+    dead = _raw_topic(app, DEAD_LETTER, prefix)
+
+    async def dead_letter(event: Any, stage: str, reason: str) -> None:
+        message = event.message
+        letter = DeadLetter(
+            source_topic=message.topic,
+            partition=message.partition,
+            offset=message.offset,
+            key=(message.key or b"").decode("utf-8", "replace") or None,
+            stage=stage,
+            reason=reason,
+            at=_now(),
+            payload=(message.value or b"").decode("utf-8", "replace"),
+        )
+        metrics.dead_letters.labels(stage).inc()
+        log.warning(
+            "dead letter from %s[%s]@%s at stage %s",
+            message.topic,
+            message.partition,
+            message.offset,
+            stage,
+        )
+        await dead.send(key=message.key, value=_encode(letter))
+
+    def parse(model: type[BaseModel], raw: bytes | None) -> BaseModel:
+        if raw is None:
+            raise ValueError("empty message")
+        return model.model_validate_json(raw)
+
+    def describe(exc: Exception) -> str:
+        if isinstance(exc, ValidationError):
+            parts = [
+                f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}"
+                for e in exc.errors()[:10]
+            ]
+            return "invalid message: " + "; ".join(parts)
+        return f"invalid message: {exc}"
+
+    @app.agent(reports, name="classify")
+    async def classify(stream: AsyncIterator[bytes]) -> None:
+        async for event in stream.events():  # type: ignore[attr-defined]
+            try:
+                submitted = parse(ReportSubmitted, event.value)
+            except (ValidationError, ValueError) as exc:
+                await dead_letter(event, "classify", describe(exc))
+                continue
+            assert isinstance(submitted, ReportSubmitted)
+            config = holder.current()
+            decision = config.classifier.classify(submitted.report)
+            result = open_incident(submitted, decision, _now())
+            key = result.incident.incident_id.encode("utf-8")
+            await incidents.send(key=key, value=_encode(result.incident))
+            await audit.send(key=key, value=_encode(result.audit))
+            metrics.classified.labels(decision.severity.value, decision.category.value).inc()
+
+    @app.agent(incidents, name="route")
+    async def route(stream: AsyncIterator[bytes]) -> None:
+        async for event in stream.events():  # type: ignore[attr-defined]
+            try:
+                incident = parse(IncidentClassified, event.value)
+            except (ValidationError, ValueError) as exc:
+                await dead_letter(event, "route", describe(exc))
+                continue
+            assert isinstance(incident, IncidentClassified)
+            config = holder.current()
+            plan = plan_notifications(incident, config.policy, config.directory, now=_now())
+            key = incident.incident_id.encode("utf-8")
+            if plan.audit.detail.get("unknown_school"):
+                metrics.unknown_school.inc()
+            for request in plan.notifications:
+                await notifications.send(key=key, value=_encode(request))
+                metrics.routed.labels(request.recipient.tier.value).inc()
+            await audit.send(key=key, value=_encode(plan.audit))
+
+    return app

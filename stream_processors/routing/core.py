@@ -1,0 +1,139 @@
+"""The pure routing core: a classified incident in, notification requests and an audit event out."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from schemas.audit import AuditEvent, AuditEventType
+from schemas.common import Tier
+from schemas.ids import event_id, notification_id
+from schemas.incidents import IncidentClassified
+from schemas.notifications import NotificationRequest, Recipient
+from schemas.policy import Routing
+from stream_processors.routing.directory_index import DirectoryIndex
+
+
+@dataclass(frozen=True)
+class RoutingPlan:
+    notifications: list[NotificationRequest]
+    audit: AuditEvent
+
+
+def recipients_for(
+    tier: Tier, school_code: str, index: DirectoryIndex
+) -> tuple[list[Recipient], bool]:
+    """Addresses of one tier for one school; the flag says the school was not in the directory.
+
+    A tier that cannot be resolved because the school is unknown falls back to the city
+    office's intake desk, so nothing is dropped for want of an address.
+    """
+    directory = index.directory
+    place = index.find(school_code)
+    if tier is Tier.city_office:
+        office = directory.city_office
+        return [Recipient(tier=tier, name=office.name, email=e) for e in office.emails], False
+    if tier is Tier.police:
+        found: list[Recipient] = []
+        if place is not None:
+            local = place.district.police
+            found += [Recipient(tier=tier, name=local.name, email=e) for e in local.emails]
+        city = directory.police
+        found += [Recipient(tier=tier, name=city.name, email=e) for e in city.emails]
+        return found, place is None
+    if place is None:
+        desk = directory.city_office
+        return [
+            Recipient(tier=Tier.city_office, name=f"{desk.name} (intake desk)", email=e)
+            for e in desk.intake_desk_emails
+        ], True
+    if tier is Tier.school:
+        school = place.school
+        return [
+            Recipient(tier=tier, name=school.name, email=e) for e in school.leadership_emails
+        ], False
+    office = place.district.office
+    return [Recipient(tier=tier, name=office.name, email=e) for e in office.emails], False
+
+
+def _dedupe(recipients: list[Recipient]) -> list[Recipient]:
+    seen: set[str] = set()
+    unique = []
+    for r in recipients:
+        key = r.email.lower()
+        if key not in seen:
+            seen.add(key)
+            unique.append(r)
+    return unique
+
+
+def plan_notifications(
+    incident: IncidentClassified,
+    routing: Routing,
+    index: DirectoryIndex,
+    now: datetime,
+    tiers: list[Tier] | None = None,
+    step: int = 0,
+) -> RoutingPlan:
+    """Notification requests for ``tiers`` (default: the tiers the severity names)."""
+    decision = incident.decision
+    route = routing.severities[decision.severity]
+    wanted = tiers if tiers is not None else route.notify
+    recipients: list[Recipient] = []
+    unknown_school = index.find(incident.school_code) is None
+    for tier in wanted:
+        found, _ = recipients_for(tier, incident.school_code, index)
+        recipients += found
+    recipients = _dedupe(recipients)
+    place = index.find(incident.school_code)
+    report = incident.report
+    ack_due = incident.received_at + route.ack_within
+    requests = []
+    for recipient in recipients:
+        may_see_contact = (
+            recipient.tier in routing.contact_visible_to and recipient.tier is not Tier.school
+        )
+        requests.append(
+            NotificationRequest(
+                notification_id=notification_id(incident.incident_id, recipient.email, step),
+                incident_id=incident.incident_id,
+                step=step,
+                recipient=recipient,
+                severity=decision.severity,
+                category=decision.category,
+                school_code=incident.school_code,
+                school_name=place.school.name if place else f"unknown school {incident.school_code}",
+                district_name=place.district.name if place else None,
+                unknown_school=unknown_school,
+                description=report.description,
+                occurred_at=report.occurred_at,
+                received_at=incident.received_at,
+                ack_due_at=ack_due,
+                report_ids=incident.report_ids,
+                tracking_codes=incident.tracking_codes,
+                reasons=decision.reasons,
+                needs_review=decision.needs_review,
+                rules_version=decision.rules_version,
+                immediate_danger=report.immediate_danger,
+                evidence_urls=[str(u) for u in report.evidence_urls],
+                contact=report.contact if may_see_contact else None,
+            )
+        )
+    audit = AuditEvent(
+        event_id=event_id(incident.incident_id, AuditEventType.routed.value, str(step)),
+        incident_id=incident.incident_id,
+        event=AuditEventType.routed,
+        at=now,
+        report_ids=incident.report_ids,
+        tracking_codes=incident.tracking_codes,
+        detail={
+            "step": step,
+            "severity": decision.severity.value,
+            "tiers": [t.value for t in wanted],
+            "recipients": [{"tier": r.tier.value, "email": r.email} for r in recipients],
+            "unknown_school": unknown_school,
+            "ack_due_at": ack_due.isoformat(),
+            "rules_version": decision.rules_version,
+        },
+    )
+    return RoutingPlan(notifications=requests, audit=audit)
