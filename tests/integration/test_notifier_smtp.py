@@ -1,0 +1,358 @@
+"""The notifier against a real SMTP server (aiosmtpd): delivery, retries, refusals, the outbox."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email import policy
+from email.message import EmailMessage
+from email.parser import BytesParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aiosmtpd.controller import Controller
+from prometheus_client import CollectorRegistry
+
+from consumers.notifier.render import message_id_for, render_email
+from consumers.notifier.sender import SendError, send
+from consumers.notifier.worker import Notifier, Outgoing
+from consumers.outbox import OutboxServer
+from escalate.settings import Settings
+from schemas.audit import AuditEvent, AuditEventType, DeadLetter
+from schemas.common import Category, Severity, Tier
+from schemas.ids import notification_id
+from schemas.notifications import (
+    DeliveryResult,
+    DeliveryStatus,
+    NotificationRequest,
+    Recipient,
+)
+from schemas.reports import ReporterContact
+
+DESCRIPTION = "Một người lạ hẹn gặp em ở cổng trường sau giờ học và bảo em không được kể với ai."
+
+
+def make_request(**overrides: Any) -> NotificationRequest:
+    tier = overrides.pop("tier", Tier.district_office)
+    email = overrides.pop("email", "phong.gd@bd.example")
+    incident = "inc-r-0042"
+    fields: dict[str, Any] = {
+        "notification_id": notification_id(incident, email, 0),
+        "incident_id": incident,
+        "step": 0,
+        "recipient": Recipient(tier=tier, name="Phòng GDĐT Ba Đình", email=email),
+        "severity": Severity.critical,
+        "category": Category.sexual_exploitation,
+        "school_code": "THCS-BD-01",
+        "school_name": "Trường THCS Nguyễn Trãi",
+        "district_name": "Ba Đình",
+        "description": DESCRIPTION,
+        "received_at": datetime(2026, 3, 2, 13, 5, tzinfo=UTC),
+        "ack_due_at": datetime(2026, 3, 2, 13, 20, tzinfo=UTC),
+        "report_ids": ["r-0042"],
+        "tracking_codes": ["ESC-7K3M-9Q2X"],
+        "reasons": ["adult asks to meet a pupil"],
+        "rules_version": "abc123def456",
+        "contact": ReporterContact(name="Trần Thị B", phone="0987 654 321"),
+    }
+    fields.update(overrides)
+    return NotificationRequest(**fields)
+
+
+REJECTED = "nobody@bd.example"
+GREYLISTED = "later@bd.example"
+
+
+class Capture:
+    """aiosmtpd handler that keeps messages and refuses some recipients like a real server."""
+
+    def __init__(self) -> None:
+        self.messages: list[tuple[list[str], bytes]] = []
+
+    async def handle_RCPT(
+        self, server: Any, session: Any, envelope: Any, address: str, rcpt_options: list[str]
+    ) -> str:
+        if address == REJECTED:
+            return "550 5.1.1 no such mailbox"
+        if address == GREYLISTED:
+            return "451 4.7.1 greylisted, try again later"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.messages.append((list(envelope.rcpt_tos), envelope.original_content))
+        return "250 Message accepted for delivery"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class Smtp:
+    handler: Capture
+    controller: Controller
+    settings: Settings
+
+
+@pytest.fixture
+def smtp(tmp_path: Path) -> Iterator[Smtp]:
+    handler = Capture()
+    port = free_port()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    settings = Settings(
+        smtp_host="127.0.0.1",
+        smtp_port=port,
+        smtp_timeout_s=5,
+        notify_max_attempts=4,
+        notify_backoff_s=0.05,
+        var_dir=tmp_path / "var",
+        topic_prefix="t.",
+    )
+    try:
+        yield Smtp(handler, controller, settings)
+    finally:
+        controller.stop()
+
+
+@dataclass(frozen=True)
+class FakeRecord:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+
+
+def record_for(req: NotificationRequest, offset: int = 7) -> FakeRecord:
+    return FakeRecord(
+        "t.notifications.requested.v1",
+        2,
+        offset,
+        req.incident_id.encode(),
+        req.model_dump_json().encode(),
+    )
+
+
+def by_topic(out: list[Outgoing]) -> dict[str, list[bytes]]:
+    found: dict[str, list[bytes]] = {}
+    for item in out:
+        found.setdefault(item.topic, []).append(item.value)
+    return found
+
+
+def parse(raw: bytes) -> EmailMessage:
+    msg = BytesParser(policy=policy.default).parsebytes(raw)
+    assert isinstance(msg, EmailMessage)
+    return msg
+
+
+# ---- sender ----
+
+
+def test_send_delivers_rendered_message(smtp: Smtp) -> None:
+    req = make_request()
+    asyncio.run(send(render_email(req, "escalate@so.example"), smtp.settings))
+    [(rcpts, raw)] = smtp.handler.messages
+    assert rcpts == ["phong.gd@bd.example"]
+    msg = parse(raw)
+    assert msg["Message-ID"] == message_id_for(req)
+    assert msg["X-Escalate-Incident"] == req.incident_id
+    assert msg["Date"] is not None
+    assert str(msg["Subject"]).startswith("[ESCALATE][CRITICAL] sexual_exploitation — Trường THCS")
+    body = msg.get_body(preferencelist=("plain",))
+    assert body is not None and DESCRIPTION in body.get_content()
+
+
+def test_send_classifies_failures(smtp: Smtp) -> None:
+    def attempt(email: str, settings: Settings) -> SendError:
+        msg = render_email(make_request(email=email), "escalate@so.example")
+        with pytest.raises(SendError) as caught:
+            asyncio.run(send(msg, settings))
+        return caught.value
+
+    refused = attempt(REJECTED, smtp.settings)
+    assert not refused.transient and refused.code == 550
+    greylisted = attempt(GREYLISTED, smtp.settings)
+    assert greylisted.transient and greylisted.code == 451
+    down = smtp.settings.model_copy(update={"smtp_port": free_port()})
+    assert attempt("x@bd.example", down).transient
+
+
+# ---- the notifier's per-record core ----
+
+
+def make_notifier(settings: Settings, **kwargs: Any) -> tuple[Notifier, CollectorRegistry]:
+    registry = CollectorRegistry()
+    return Notifier(settings, registry=registry, **kwargs), registry
+
+
+def test_delivery_publishes_result_and_audit(smtp: Smtp, caplog: pytest.LogCaptureFixture) -> None:
+    lines: list[str] = []
+    notifier, registry = make_notifier(smtp.settings, print_deliveries=True, console=lines.append)
+    req = make_request()
+    with caplog.at_level(logging.DEBUG, logger="escalate"):
+        out = notifier.handle(record_for(req))
+    assert out is not None
+    topics = by_topic(out)
+    assert set(topics) == {"t.notifications.results.v1", "t.audit.events.v1"}
+    assert all(o.key == req.incident_id.encode() for o in out)
+
+    result = DeliveryResult.model_validate_json(topics["t.notifications.results.v1"][0])
+    assert result.status is DeliveryStatus.delivered and result.attempts == 1
+    assert result.message_id == message_id_for(req)
+
+    audit = AuditEvent.model_validate_json(topics["t.audit.events.v1"][0])
+    assert audit.event is AuditEventType.notified
+    assert audit.report_ids == req.report_ids and audit.tracking_codes == req.tracking_codes
+    assert audit.detail["tier"] == "district_office"
+    assert audit.detail["recipient"] == "phong.gd@bd.example"
+    assert audit.detail["message_id"] == message_id_for(req)
+    assert audit.detail["step"] == 0 and audit.detail["attempts"] == 1
+
+    # Nothing about the child or the reporter outside the e-mail itself.
+    assert req.contact is not None and req.contact.phone is not None
+    for blob in (str(audit.detail), caplog.text, "\n".join(lines)):
+        assert DESCRIPTION not in blob
+        assert req.contact.phone not in blob
+    assert lines == [
+        f"notified district_office phong.gd@bd.example about {req.incident_id} (critical)"
+    ]
+    assert "incident=" + req.incident_id in caplog.text
+    assert (
+        registry.get_sample_value(
+            "escalate_notifications_total", {"tier": "district_office", "status": "delivered"}
+        )
+        == 1
+    )
+    assert (
+        registry.get_sample_value(
+            "escalate_notification_send_seconds_count", {"tier": "district_office"}
+        )
+        == 1
+    )
+    assert len(smtp.handler.messages) == 1
+
+    # A replay produces the same event id, so the audit trail keeps one row.
+    again = notifier.handle(record_for(req))
+    assert again is not None
+    replayed = AuditEvent.model_validate_json(by_topic(again)["t.audit.events.v1"][0])
+    assert replayed.event_id == audit.event_id
+
+
+def test_server_down_then_up_is_retried(smtp: Smtp) -> None:
+    port = free_port()
+    settings = smtp.settings.model_copy(update={"smtp_port": port})
+    late = Controller(smtp.handler, hostname="127.0.0.1", port=port)
+    calls = 0
+
+    async def send_then_start(msg: EmailMessage, s: Settings) -> None:
+        nonlocal calls
+        calls += 1
+        try:
+            await send(msg, s)
+        finally:
+            if calls == 1:
+                late.start()  # the relay comes back while we back off
+
+    notifier, registry = make_notifier(settings, send_fn=send_then_start)
+    try:
+        out = notifier.handle(record_for(make_request(tier=Tier.school)))
+    finally:
+        late.stop()
+    assert out is not None
+    result = DeliveryResult.model_validate_json(by_topic(out)["t.notifications.results.v1"][0])
+    assert result.status is DeliveryStatus.delivered and result.attempts == 2
+    assert len(smtp.handler.messages) == 1
+    assert (
+        registry.get_sample_value(
+            "escalate_notification_attempts_total", {"tier": "school", "outcome": "transient"}
+        )
+        == 1
+    )
+
+
+def test_permanent_refusal_fails_at_once(smtp: Smtp) -> None:
+    notifier, registry = make_notifier(smtp.settings)
+    req = make_request(email=REJECTED)
+    out = notifier.handle(record_for(req, offset=42))
+    assert out is not None
+    topics = by_topic(out)
+    result = DeliveryResult.model_validate_json(topics["t.notifications.results.v1"][0])
+    assert result.status is DeliveryStatus.failed and result.attempts == 1
+    assert result.error is not None and "550" in result.error
+    audit = AuditEvent.model_validate_json(topics["t.audit.events.v1"][0])
+    assert audit.event is AuditEventType.notify_failed
+    assert audit.detail["error_kind"] == "permanent"
+    assert DESCRIPTION not in audit.model_dump_json()
+    letter = DeadLetter.model_validate_json(topics["t.deadletter.v1"][0])
+    assert letter.stage == "notifier" and letter.offset == 42 and letter.partition == 2
+    assert "550" in letter.reason
+    assert smtp.handler.messages == []
+    assert (
+        registry.get_sample_value(
+            "escalate_notifications_total", {"tier": "district_office", "status": "failed"}
+        )
+        == 1
+    )
+
+
+def test_transient_failures_exhaust_attempts(smtp: Smtp) -> None:
+    notifier, _ = make_notifier(smtp.settings)
+    out = notifier.handle(record_for(make_request(email=GREYLISTED)))
+    assert out is not None
+    result = DeliveryResult.model_validate_json(by_topic(out)["t.notifications.results.v1"][0])
+    assert result.status is DeliveryStatus.failed
+    assert result.attempts == smtp.settings.notify_max_attempts
+    assert "t.deadletter.v1" in by_topic(out)
+
+
+def test_stop_during_backoff_leaves_the_request_uncommitted(smtp: Smtp) -> None:
+    settings = smtp.settings.model_copy(update={"smtp_port": free_port(), "notify_backoff_s": 30})
+    notifier, _ = make_notifier(settings)
+    stop = threading.Event()
+    timer = threading.Timer(0.3, stop.set)
+    timer.start()
+    try:
+        assert notifier.handle(record_for(make_request()), stop) is None
+    finally:
+        timer.cancel()
+
+
+def test_unparseable_request_is_dead_lettered(smtp: Smtp) -> None:
+    notifier, _ = make_notifier(smtp.settings)
+    bad = FakeRecord("t.notifications.requested.v1", 0, 3, b"k", b'{"incident_id": 1}')
+    out = notifier.handle(bad)
+    assert out is not None and [o.topic for o in out] == ["t.deadletter.v1"]
+    letter = DeadLetter.model_validate_json(out[0].value)
+    assert letter.payload == '{"incident_id": 1}' and "incident_id" in letter.reason
+
+
+# ---- the local capture server ----
+
+
+def test_outbox_saves_messages_and_announces_them(tmp_path: Path) -> None:
+    settings = Settings(var_dir=tmp_path / "var", smtp_timeout_s=5)
+    lines: list[str] = []
+    req = make_request(tier=Tier.school, email="hieutruong@thcs.example", contact=None)
+    with OutboxServer(settings, on_mail=lambda line: lines.append(line)) as outbox:
+        assert outbox.port > 0
+        relay = settings.model_copy(update={"smtp_host": "127.0.0.1", "smtp_port": outbox.port})
+        asyncio.run(send(render_email(req, "escalate@so.example"), relay))
+        [saved] = outbox.saved
+    assert saved.parent == settings.outbox_dir
+    assert saved.name.endswith(message_id_for(req).strip("<>").replace("@", "_") + ".eml")
+    msg = parse(saved.read_bytes())
+    assert msg["X-Escalate-Incident"] == req.incident_id
+    [line] = lines
+    assert "hieutruong@thcs.example" in line and "[ESCALATE][CRITICAL]" in line
+    assert DESCRIPTION not in line
