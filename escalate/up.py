@@ -79,9 +79,13 @@ def up(settings: Settings) -> int:
         env = dict(os.environ)
         bootstrap = settings.kafka_bootstrap_servers
         if not bootstrap:
-            _say("ESCALATE_KAFKA_BOOTSTRAP_SERVERS is not set: starting the local Kafka broker")
+            already = kafka_local.status(settings)["running"]
+            if already:
+                _say("ESCALATE_KAFKA_BOOTSTRAP_SERVERS is not set: using the running local broker")
+            else:
+                _say("ESCALATE_KAFKA_BOOTSTRAP_SERVERS is not set: starting the local Kafka broker")
             bootstrap = kafka_local.start(settings)
-            started_broker = True
+            started_broker = not already
         env["ESCALATE_KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
         _say(f"Kafka at {bootstrap}")
         ensure_topics(bootstrap, settings.topic_prefix)

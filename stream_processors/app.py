@@ -117,9 +117,29 @@ def create_app(
     )
     reports = _raw_topic(app, REPORTS_SUBMITTED, prefix)
     incidents = _raw_topic(app, INCIDENTS_CLASSIFIED, prefix)
-    notifications = _raw_topic(app, NOTIFICATIONS_REQUESTED, prefix)
-    audit = _raw_topic(app, AUDIT_EVENTS, prefix)
-    dead = _raw_topic(app, DEAD_LETTER, prefix)
+
+    async def emit(event: Any, spec: TopicSpec, key: bytes | None, model: BaseModel) -> None:
+        """Write inside the transaction of the partition the event came from.
+
+        faust's own ``topic.send`` picks the transactional producer from the *destination*
+        partition, which leaves writes to re-keyed or unsubscribed topics outside the
+        transaction that commits the source offset (or hanging in one that never commits).
+        Sending through the source partition's producer makes output and offset one atomic
+        commit, which is what exactly-once has to mean here.
+        """
+        source = event.message.tp
+        transactional_id = (
+            f"{app.conf.id}-{app.assignor.group_for_topic(source.topic)}-{source.partition}"
+        )
+        await app.producer.send(
+            spec.name(prefix),
+            key,
+            _encode(model),
+            None,
+            None,
+            None,
+            transactional_id=transactional_id,
+        )
 
     async def dead_letter(event: Any, stage: str, reason: str) -> None:
         message = event.message
@@ -141,7 +161,7 @@ def create_app(
             message.offset,
             stage,
         )
-        await dead.send(key=message.key, value=_encode(letter))
+        await emit(event, DEAD_LETTER, message.key, letter)
 
     def parse(model: type[BaseModel], raw: bytes | None) -> BaseModel:
         if raw is None:
@@ -170,8 +190,8 @@ def create_app(
             decision = config.classifier.classify(submitted.report)
             result = open_incident(submitted, decision, _now())
             key = result.incident.incident_id.encode("utf-8")
-            await incidents.send(key=key, value=_encode(result.incident))
-            await audit.send(key=key, value=_encode(result.audit))
+            await emit(event, INCIDENTS_CLASSIFIED, key, result.incident)
+            await emit(event, AUDIT_EVENTS, key, result.audit)
             metrics.classified.labels(decision.severity.value, decision.category.value).inc()
 
     @app.agent(incidents, name="route")
@@ -189,8 +209,8 @@ def create_app(
             if plan.audit.detail.get("unknown_school"):
                 metrics.unknown_school.inc()
             for request in plan.notifications:
-                await notifications.send(key=key, value=_encode(request))
+                await emit(event, NOTIFICATIONS_REQUESTED, key, request)
                 metrics.routed.labels(request.recipient.tier.value).inc()
-            await audit.send(key=key, value=_encode(plan.audit))
+            await emit(event, AUDIT_EVENTS, key, plan.audit)
 
     return app

@@ -41,6 +41,7 @@ class ReportPublisher:
                         enable_idempotence=True,
                         linger_ms=0,
                         max_block_ms=int(self._timeout_s * 1000),
+                        bootstrap_timeout_ms=int(self._timeout_s * 1000),
                         request_timeout_ms=int(self._timeout_s * 1000),
                         retries=5,
                         client_id="escalate-intake",
