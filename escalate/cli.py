@@ -79,6 +79,12 @@ def cmd_audit_timeline(args: argparse.Namespace) -> int:
     return timeline_command(_settings(), args.id, sys.stdout)
 
 
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from consumers.audit.store import verify_command
+
+    return verify_command(_settings(), args.id, sys.stdout)
+
+
 def cmd_db_migrate(args: argparse.Namespace) -> int:
     from consumers.audit.store import migrate
 
@@ -160,6 +166,9 @@ def build_parser() -> argparse.ArgumentParser:
     tl = asub.add_parser("timeline", help="an incident's events as JSON lines, in order")
     tl.add_argument("id", help="report id, tracking code or incident id")
     tl.set_defaults(func=cmd_audit_timeline)
+    ver = asub.add_parser("verify", help="check the hash chains (one incident, or all)")
+    ver.add_argument("id", nargs="?", help="report id, tracking code or incident id")
+    ver.set_defaults(func=cmd_audit_verify)
 
     db = sub.add_parser("db", help="audit database maintenance")
     dsub = db.add_subparsers(dest="db_command", required=True)
