@@ -114,6 +114,9 @@ def create_app(
         consumer_auto_offset_reset="earliest",
         broker_commit_every=1,
         broker_commit_interval=0.5,
+        # A crashed worker's partitions move to a live one after this, not after a minute.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
     )
     reports = _raw_topic(app, REPORTS_SUBMITTED, prefix)
     incidents = _raw_topic(app, INCIDENTS_CLASSIFIED, prefix)
