@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets
 
 # Crockford-style alphabet without look-alikes (no I, L, O, U) so codes survive being read aloud.
@@ -15,8 +16,12 @@ def incident_id_for_report(report_id: str) -> str:
 
 
 def event_id(*parts: str) -> str:
-    """Deterministic id for an event, so a replay is recognised and written once."""
-    return hashlib.sha256("|".join(parts).encode("utf-8")).hexdigest()[:32]
+    """Deterministic id for an event, so a replay is recognised and written once.
+
+    Parts are JSON-encoded before hashing so ("a", "b") and ("a|b",) can never collide.
+    """
+    canonical = json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:32]
 
 
 def notification_id(incident_id: str, recipient_email: str, step: int) -> str:
