@@ -63,7 +63,7 @@ class Settings(BaseSettings):
     max_description_chars: int = 10_000
     notify_max_attempts: int = 5
     notify_backoff_s: float = 1.0
-    metrics_port: int = 0
+    metrics_port: int = 9400
 
     @field_validator("intake_api_keys")
     @classmethod
