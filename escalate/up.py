@@ -112,10 +112,7 @@ def up(settings: Settings) -> int:
             return 1
         key_hint = api_key or "<one of ESCALATE_INTAKE_API_KEYS>"
         _say(f"ready. Web form: {base}/report  (English: {base}/report?lang=en)")
-        _say(
-            "send the sample reports: "
-            f"escalate send --url {base} --api-key {key_hint} {SAMPLES}"
-        )
+        _say(f"send the sample reports: escalate send --url {base} --api-key {key_hint} {SAMPLES}")
         _say("Ctrl-C stops everything.")
         while not stopping:
             dead = {n: p.returncode for n, p in procs.items() if p.poll() is not None}

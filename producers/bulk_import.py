@@ -55,6 +55,8 @@ def send_lines(lines: Iterable[str], url: str, api_key: str, out: TextIO) -> int
             out.write(json.dumps({"line": number, **body}) + "\n")
         else:
             failed = True
-            out.write(json.dumps({"line": number, "status": status, **body}, ensure_ascii=False) + "\n")
+            out.write(
+                json.dumps({"line": number, "status": status, **body}, ensure_ascii=False) + "\n"
+            )
         out.flush()
     return 1 if failed else 0

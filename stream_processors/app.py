@@ -7,7 +7,6 @@ does not parse becomes a dead letter with its reason instead of crashing the age
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
@@ -181,8 +180,8 @@ def create_app(
         return f"invalid message: {exc}"
 
     @app.agent(reports, name="classify")
-    async def classify(stream: AsyncIterator[bytes]) -> None:
-        async for event in stream.events():  # type: ignore[attr-defined]
+    async def classify(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
             try:
                 submitted = parse(ReportSubmitted, event.value)
             except (ValidationError, ValueError) as exc:
@@ -198,8 +197,8 @@ def create_app(
             metrics.classified.labels(decision.severity.value, decision.category.value).inc()
 
     @app.agent(incidents, name="route")
-    async def route(stream: AsyncIterator[bytes]) -> None:
-        async for event in stream.events():  # type: ignore[attr-defined]
+    async def route(stream: faust.StreamT[bytes]) -> None:
+        async for event in stream.events():
             try:
                 incident = parse(IncidentClassified, event.value)
             except (ValidationError, ValueError) as exc:

@@ -17,7 +17,9 @@ class ClassifiedReport:
     audit: AuditEvent
 
 
-def open_incident(submitted: ReportSubmitted, decision: Decision, now: datetime) -> ClassifiedReport:
+def open_incident(
+    submitted: ReportSubmitted, decision: Decision, now: datetime
+) -> ClassifiedReport:
     incident = IncidentClassified(
         incident_id=incident_id_for_report(submitted.report_id),
         report_ids=[submitted.report_id],
@@ -29,7 +31,9 @@ def open_incident(submitted: ReportSubmitted, decision: Decision, now: datetime)
         report=submitted.report,
     )
     audit = AuditEvent(
-        event_id=event_id(incident.incident_id, AuditEventType.classified.value, submitted.report_id),
+        event_id=event_id(
+            incident.incident_id, AuditEventType.classified.value, submitted.report_id
+        ),
         incident_id=incident.incident_id,
         event=AuditEventType.classified,
         at=now,

@@ -80,7 +80,7 @@ class ConfigHolder:
         return self._config
 
     def reload(self, force: bool = False) -> bool:
-        """Load the files again if they changed (or ``force``); True when a new config is in force."""
+        """Reread the files if they changed (or ``force``); True when a new config took effect."""
         try:
             stamps = self._read_stamps()
         except OSError as exc:
@@ -111,6 +111,8 @@ class ConfigHolder:
         return changed
 
     def _refuse(self, problem: str) -> None:
-        log.error("config change refused, keeping version %s: %s", self._config.policy_version, problem)
+        log.error(
+            "config change refused, keeping version %s: %s", self._config.policy_version, problem
+        )
         if self._on_refused:
             self._on_refused(problem)

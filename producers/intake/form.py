@@ -125,8 +125,12 @@ def _page(lang: str, body: str) -> str:
     )
 
 
-def render_form(lang: str, values: dict[str, str] | None = None, errors: list[str] | None = None,
-                unavailable: bool = False) -> str:
+def render_form(
+    lang: str,
+    values: dict[str, str] | None = None,
+    errors: list[str] | None = None,
+    unavailable: bool = False,
+) -> str:
     t = TEXT[lang]
     v = values or {}
     other = "en" if lang == "vi" else "vi"
@@ -149,7 +153,9 @@ def render_form(lang: str, values: dict[str, str] | None = None, errors: list[st
         problems = f'<div class="errors" role="alert"><p>{escape(t["unavailable"])}</p></div>'
     elif errors:
         items = "".join(f"<li>{escape(e)}</li>" for e in errors)
-        problems = f'<div class="errors" role="alert"><p>{escape(t["fix"])}</p><ul>{items}</ul></div>'
+        problems = (
+            f'<div class="errors" role="alert"><p>{escape(t["fix"])}</p><ul>{items}</ul></div>'
+        )
     checked = " checked" if v.get("immediate_danger") else ""
     body = f"""
 <p><a href="/report?lang={other}">{escape(t["other_lang"])}</a></p>
@@ -164,17 +170,22 @@ def render_form(lang: str, values: dict[str, str] | None = None, errors: list[st
 <label for="reporter_role">{escape(t["role"])}</label>
 <select id="reporter_role" name="reporter_role">{role_opts}</select>
 <label for="description">{escape(t["description"])}</label>
-<textarea id="description" name="description" required maxlength="10000">{val("description")}</textarea>
-<label><input type="checkbox" name="immediate_danger" value="1"{checked}> {escape(t["danger"])}</label>
+<textarea id="description" name="description" required maxlength="10000">
+{val("description")}</textarea>
+<label><input type="checkbox" name="immediate_danger" value="1"{checked}>
+ {escape(t["danger"])}</label>
 <label for="category_hint">{escape(t["category"])}</label>
 <select id="category_hint" name="category_hint">{cat_opts}</select>
 <fieldset><legend>{escape(t["contact"])}</legend>
 <label for="contact_name">{escape(t["name"])}</label>
-<input type="text" id="contact_name" name="contact_name" maxlength="200" value="{val("contact_name")}">
+<input type="text" id="contact_name" name="contact_name" maxlength="200"
+ value="{val("contact_name")}">
 <label for="contact_phone">{escape(t["phone"])}</label>
-<input type="tel" id="contact_phone" name="contact_phone" maxlength="40" value="{val("contact_phone")}">
+<input type="tel" id="contact_phone" name="contact_phone" maxlength="40"
+ value="{val("contact_phone")}">
 <label for="contact_email">{escape(t["email"])}</label>
-<input type="email" id="contact_email" name="contact_email" maxlength="254" value="{val("contact_email")}">
+<input type="email" id="contact_email" name="contact_email" maxlength="254"
+ value="{val("contact_email")}">
 </fieldset>
 <button type="submit">{escape(t["submit"])}</button>
 </form>"""

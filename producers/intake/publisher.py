@@ -68,7 +68,9 @@ class ReportPublisher:
             future.get(timeout=self._timeout_s)
         except KafkaError as exc:
             log.error("report %s not stored: %s", submitted.report_id, type(exc).__name__)
-            raise PublishError(f"the broker did not confirm the write: {type(exc).__name__}") from exc
+            raise PublishError(
+                f"the broker did not confirm the write: {type(exc).__name__}"
+            ) from exc
         log.info(
             "report %s accepted from %s (%s)", submitted.report_id, intake_client, report.channel
         )

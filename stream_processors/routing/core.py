@@ -52,8 +52,10 @@ def recipients_for(
         return [
             Recipient(tier=tier, name=school.name, email=e) for e in school.leadership_emails
         ], False
-    office = place.district.office
-    return [Recipient(tier=tier, name=office.name, email=e) for e in office.emails], False
+    district_office = place.district.office
+    return [
+        Recipient(tier=tier, name=district_office.name, email=e) for e in district_office.emails
+    ], False
 
 
 def _dedupe(recipients: list[Recipient]) -> list[Recipient]:
@@ -102,7 +104,9 @@ def plan_notifications(
                 severity=decision.severity,
                 category=decision.category,
                 school_code=incident.school_code,
-                school_name=place.school.name if place else f"unknown school {incident.school_code}",
+                school_name=place.school.name
+                if place
+                else f"unknown school {incident.school_code}",
                 district_name=place.district.name if place else None,
                 unknown_school=unknown_school,
                 description=report.description,

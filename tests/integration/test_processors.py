@@ -149,22 +149,18 @@ def test_outputs_exactly_once_for_read_committed_across_a_crash(
     processors.stop(signal.SIGKILL)
     processors.start()
     audit_topic = AUDIT_EVENTS.name(prefix)
-    wait_until(
-        lambda: len(read_all(kafka_bootstrap, audit_topic)) >= 2 * total, 180, "all outputs"
-    )
+    wait_until(lambda: len(read_all(kafka_bootstrap, audit_topic)) >= 2 * total, 180, "all outputs")
     time.sleep(3)  # let anything extra (a duplicate) surface before counting
 
     incidents = [
-        IncidentClassified.model_validate_json(v) for v in read_all(kafka_bootstrap, incidents_topic)
+        IncidentClassified.model_validate_json(v)
+        for v in read_all(kafka_bootstrap, incidents_topic)
     ]
     ids = collections.Counter(i.report_ids[0] for i in incidents)
     assert set(ids) == sent
     assert max(ids.values()) == 1, "an incident was committed twice"
 
-    audit = [
-        AuditEvent.model_validate_json(v)
-        for v in read_all(kafka_bootstrap, audit_topic)
-    ]
+    audit = [AuditEvent.model_validate_json(v) for v in read_all(kafka_bootstrap, audit_topic)]
     per_kind = collections.Counter(a.event.value for a in audit)
     assert per_kind == {"classified": total, "routed": total}
     assert len({a.event_id for a in audit}) == len(audit)

@@ -42,8 +42,13 @@ def test_report_text_is_nfc_and_unknown_fields_are_refused() -> None:
     assert report.description == unicodedata.normalize("NFC", text)
     with pytest.raises(ValidationError):
         ReportIn.model_validate(
-            {"channel": "zalo", "reporter_role": "student", "school_code": "A-1",
-             "description": "hello world", "phone_of_child": "1"}
+            {
+                "channel": "zalo",
+                "reporter_role": "student",
+                "school_code": "A-1",
+                "description": "hello world",
+                "phone_of_child": "1",
+            }
         )
 
 
