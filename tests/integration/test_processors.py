@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -20,6 +21,7 @@ from typing import Any
 import pytest
 from kafka import KafkaConsumer, KafkaProducer
 
+from escalate.settings import DEFAULT_CONFIG_DIR
 from escalate.topics_admin import ensure_topics
 from producers.intake.publisher import ReportPublisher
 from schemas.audit import AuditEvent, DeadLetter
@@ -171,3 +173,65 @@ def test_outputs_exactly_once_for_read_committed_across_a_crash(
     ]
     assert len({r.notification_id for r in requests}) == len(requests)
     assert {r.incident_id for r in requests} == {i.incident_id for i in incidents}
+
+
+def test_a_changed_policy_takes_effect_without_restart(
+    processors: Processors, kafka_bootstrap: str, isolation: str, tmp_path: Path
+) -> None:
+    prefix = f"{isolation}."
+    policy = tmp_path / "policy.yaml"
+    directory = tmp_path / "directory.yaml"
+    shutil.copy(DEFAULT_CONFIG_DIR / "policy.yaml", policy)
+    shutil.copy(DEFAULT_CONFIG_DIR / "directory.yaml", directory)
+    processors.env["ESCALATE_POLICY_FILE"] = str(policy)
+    processors.env["ESCALATE_DIRECTORY_FILE"] = str(directory)
+    processors.start()
+    publisher = ReportPublisher(kafka_bootstrap, prefix)
+    incidents_topic = INCIDENTS_CLASSIFIED.name(prefix)
+
+    def decisions() -> list[IncidentClassified]:
+        return [
+            IncidentClassified.model_validate_json(v)
+            for v in read_all(kafka_bootstrap, incidents_topic)
+        ]
+
+    publisher.publish(report(1), "test")
+    wait_until(lambda: len(decisions()) == 1, 90, "the first decision")
+    first = decisions()[0].decision
+    assert first.severity == "medium"
+
+    # The operator makes intrusions 'high' and asks for a reload.
+    text = policy.read_text("utf-8")
+    assert "  intrusion: medium" in text
+    policy.write_text(text.replace("  intrusion: medium", "  intrusion: high"), "utf-8")
+    reload = subprocess.run(
+        [sys.executable, "-m", "escalate.cli", "policy", "reload"],
+        env=processors.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert reload.returncode == 0, reload.stderr
+    time.sleep(3)
+    publisher.publish(report(2), "test")
+    wait_until(lambda: len(decisions()) == 2, 90, "the second decision")
+    second = decisions()[1].decision
+    assert second.severity == "high"
+    assert second.rules_version != first.rules_version
+    assert second.rules_version in reload.stdout
+
+    # A broken edit is refused; the pipeline keeps working with the version it had.
+    policy.write_text("severities: [oops\n", "utf-8")
+    refused = subprocess.run(
+        [sys.executable, "-m", "escalate.cli", "policy", "reload"],
+        env=processors.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert refused.returncode == 1 and "policy.yaml:" in refused.stderr
+    time.sleep(3)
+    publisher.publish(report(3), "test")
+    wait_until(lambda: len(decisions()) == 3, 90, "the third decision")
+    assert decisions()[2].decision.rules_version == second.rules_version
+    publisher.close()
