@@ -209,6 +209,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.INFO if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not args.verbose:
+        # The Kafka clients warn about every transient coordinator move while groups form;
+        # real failures still surface as errors.
+        for noisy in ("kafka", "aiokafka"):
+            logging.getLogger(noisy).setLevel(logging.ERROR)
     try:
         result: int = args.func(args)
     except KeyboardInterrupt:

@@ -82,6 +82,7 @@ def run_processors(settings: Settings) -> int:
     holder = ConfigHolder(settings.policy_file, settings.directory_file)
     app = create_app(settings, bootstrap, holder, REGISTRY)
     worker = faust.Worker(app, loglevel="WARNING", quiet=True)
+    worker.spinner = None  # its terminal escape codes only garble the shared `escalate up` console
     worker.execute_from_commandline()
     return 0
 

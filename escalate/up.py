@@ -30,6 +30,15 @@ def _say(message: str) -> None:
     print(f"[escalate] {message}", flush=True)
 
 
+def _escalate_command() -> str:
+    """How to call this CLI from the current directory (a newcomer's PATH lacks .venv/bin)."""
+    script = Path(sys.executable).parent / "escalate"
+    try:
+        return str(script.relative_to(Path.cwd()))
+    except ValueError:
+        return str(script)
+
+
 def _wait_ready(url: str, procs: dict[str, subprocess.Popen[bytes]], timeout_s: float) -> bool:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -74,7 +83,8 @@ def up(settings: Settings) -> int:
         nonlocal stopping
         stopping = True
 
-    previous = signal.signal(signal.SIGTERM, on_signal)
+    # Explicit handlers, so Ctrl-C works even where SIGINT was inherited as ignored.
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         env = dict(os.environ)
         bootstrap = settings.kafka_bootstrap_servers
@@ -92,7 +102,8 @@ def up(settings: Settings) -> int:
         settings.var_dir.mkdir(parents=True, exist_ok=True)
         migrate(settings.database_url)
         if not settings.smtp_host:
-            outbox = OutboxServer(settings, port=0, on_mail=lambda line: _say(f"mail: {line}"))
+            # The notifier prints each delivery; the outbox only keeps the files.
+            outbox = OutboxServer(settings, port=0, on_mail=None)
             outbox.start()
             env["ESCALATE_SMTP_HOST"] = "127.0.0.1"
             env["ESCALATE_SMTP_PORT"] = str(outbox.port)
@@ -117,6 +128,9 @@ def up(settings: Settings) -> int:
         while not stopping:
             dead = {n: p.returncode for n, p in procs.items() if p.poll() is not None}
             if dead:
+                time.sleep(1)  # a Ctrl-C reaches the children too; let ours be noticed first
+                if stopping:
+                    break
                 _say(f"component stopped unexpectedly: {json.dumps(dead)}; stopping the rest")
                 return 1
             time.sleep(0.5)
@@ -131,5 +145,6 @@ def up(settings: Settings) -> int:
                 outbox.stop()
             if started_broker:
                 kafka_local.stop(settings)
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         _say("stopped")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import re
 from datetime import UTC, datetime, timedelta, timezone
+from email import policy as email_policy
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -157,12 +158,17 @@ def _address(name: str, email: str) -> Address | str:
         return email
 
 
+MAIL_POLICY = email_policy.default.clone(max_line_length=998)
+
+
 def render_email(
     req: NotificationRequest, sender: str, *, now: datetime | None = None
 ) -> EmailMessage:
     """Build the message. ``now`` fixes the Date header (tests); by default the header is omitted
     here and set by the sender so each attempt carries its own date."""
-    msg = EmailMessage()
+    # CPython drops the space between two RFC 2047 words when it folds a long non-ASCII header
+    # ("THPT Yên Hòa" arrives as "THPTYên Hòa"); headers up to RFC 5322's hard limit stay unfolded.
+    msg = EmailMessage(policy=MAIL_POLICY)
     msg["From"] = sender
     msg["To"] = _address(req.recipient.name, req.recipient.email)
     msg["Subject"] = render_subject(req)

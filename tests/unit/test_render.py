@@ -145,3 +145,14 @@ def test_fixed_date_when_given() -> None:
     msg = render_email(make_request(), SENDER, now=datetime(2026, 3, 2, 13, 6, tzinfo=UTC))
     assert msg["Date"] == "Mon, 02 Mar 2026 13:06:00 +0000"
     assert render_email(make_request(), SENDER)["Date"] is None
+
+
+def test_vietnamese_subjects_survive_the_wire_intact() -> None:
+    # CPython's header folding used to eat the space in "THPT Yên Hòa" on the wire.
+    for school in ("Trường THPT Yên Hòa", "Trường Trung học phổ thông Chuyên Hà Nội - Amsterdam"):
+        for category in Category:
+            req = make_request(school_name=school, category=category, severity=Severity.high)
+            msg = render_email(req, "escalate@localhost")
+            parsed = BytesParser(policy=policy.default).parsebytes(msg.as_bytes())
+            assert parsed["Subject"] == msg["Subject"]
+            assert school in parsed["Subject"]
