@@ -123,7 +123,11 @@ def up(settings: Settings) -> int:
             return 1
         key_hint = api_key or "<one of ESCALATE_INTAKE_API_KEYS>"
         _say(f"ready. Web form: {base}/report  (English: {base}/report?lang=en)")
-        _say(f"send the sample reports: escalate send --url {base} --api-key {key_hint} {SAMPLES}")
+        sample = SAMPLES.relative_to(Path.cwd()) if SAMPLES.is_relative_to(Path.cwd()) else SAMPLES
+        _say(
+            "send the sample reports: "
+            f"{_escalate_command()} send --url {base} --api-key {key_hint} {sample}"
+        )
         _say("Ctrl-C stops everything.")
         while not stopping:
             dead = {n: p.returncode for n, p in procs.items() if p.poll() is not None}
