@@ -37,8 +37,6 @@ from aiosmtpd.controller import Controller
 from escalate.components import METRICS_OFFSET
 from tests.conftest import REPO, free_port
 
-pytestmark = pytest.mark.kafka
-
 KEY = "prom-key"
 PROM_DIR = REPO / "deploy" / "prometheus"
 DASHBOARD = REPO / "deploy" / "grafana" / "escalate-dashboard.json"
@@ -320,6 +318,7 @@ EXPECTED_EMPTY = {
 }
 
 
+@pytest.mark.kafka
 def test_prometheus_scrapes_the_pipeline_and_alerts_on_a_failed_notification(
     running: Running,
 ) -> None:
