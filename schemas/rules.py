@@ -53,8 +53,20 @@ def _word(value: str) -> str:
     return text
 
 
+def _folded_syllable(value: str) -> str:
+    """An entry of ``ambiguous_folded``: one syllable as typed without accents ("ban", "dam")."""
+    text = _word(value)
+    if not (text.isascii() and text.isalpha()):
+        raise ValueError(
+            f"{value!r} must be one syllable typed without accents, the way it appears in "
+            "unaccented text (for example 'ban' for bắn/bạn/bán, 'dam' for đâm/dám)"
+        )
+    return text
+
+
 Phrase = Annotated[str, BeforeValidator(_not_yaml_bool), AfterValidator(_phrase)]
 Word = Annotated[str, BeforeValidator(_not_yaml_bool), AfterValidator(_word)]
+FoldedSyllable = Annotated[str, BeforeValidator(_not_yaml_bool), AfterValidator(_folded_syllable)]
 
 DEFAULT_CATEGORY_SEVERITY: dict[Category, Severity] = {
     Category.sexual_exploitation: Severity.critical,
@@ -176,6 +188,12 @@ class ClassificationRules(BaseModel):
     lexicon: dict[Word, Phrase | Shorthand] = Field(
         default_factory=dict, description="Chat shorthand -> what it stands for."
     )
+    ambiguous_folded: list[FoldedSyllable] = Field(
+        default_factory=list,
+        description="Syllables that, typed without accents, are too ambiguous to stand for a "
+        "rule word on their own ('ban' is bạn/bán/bắn): in unaccented text a one-word phrase "
+        "with this folded form does not match; a phrase of several words still does.",
+    )
     compounds: list[Phrase] = Field(
         default_factory=list,
         description="Multi-word terms kept whole, so 'đánh' does not match inside 'đánh giá'.",
@@ -197,6 +215,16 @@ class ClassificationRules(BaseModel):
         missing = [c.value for c in Category if c not in value]
         if missing:
             raise ValueError(f"category_severity is missing {', '.join(missing)}")
+        return value
+
+    @field_validator("ambiguous_folded")
+    @classmethod
+    def _no_duplicate_syllables(cls, value: list[str]) -> list[str]:
+        seen: set[str] = set()
+        for syllable in value:
+            if syllable in seen:
+                raise ValueError(f"ambiguous_folded lists {syllable!r} twice")
+            seen.add(syllable)
         return value
 
     @field_validator("compounds")

@@ -19,11 +19,18 @@ from schemas.policy import Policy
 from schemas.reports import ReportIn
 from schemas.rules import Rule
 from schemas.yaml_loader import content_version
-from stream_processors.classification.normalize import Normalizer, PhraseSet, compile_phrases
+from stream_processors.classification.normalize import (
+    FOLDED,
+    Normalizer,
+    PhraseSet,
+    compile_phrases,
+)
 
 MAX_RULE_REASONS = 6
 
 Span = tuple[int, int]
+# An occurrence of a phrase: (start, end, phrase id), ``end`` exclusive.
+_Occurrence = tuple[int, int, int]
 
 
 @dataclass(frozen=True)
@@ -52,16 +59,54 @@ class _Hit:
     evidence: str
 
 
-def _best_span(groups: list[list[Span]], within: int | None) -> bool:
-    """True when one occurrence per group can be chosen inside a window of ``within`` tokens."""
-    if within is None:
+def _overlap_agrees(a: _Occurrence, b: _Occurrence, readings: list[tuple[str, ...]]) -> bool:
+    """Two occurrences may share tokens only if they read each shared token as the same word.
+
+    In text typed without accents one token can match different rule words ("anh" is both the
+    man and "ảnh", the photo); a rule must not count it as both.
+    """
+    lo, hi = max(a[0], b[0]), min(a[1], b[1])
+    if lo >= hi:
         return True
-    for anchor_group in groups:
-        for start, _ in anchor_group:
-            limit = start + within
-            if all(any(s >= start and e <= limit for s, e in g) for g in groups):
+    ra, rb = readings[a[2]], readings[b[2]]
+    return all(ra[i - a[0]] == rb[i - b[0]] for i in range(lo, hi))
+
+
+def _pick(
+    candidates: list[list[_Occurrence]],
+    chosen: list[_Occurrence],
+    readings: list[tuple[str, ...]],
+) -> bool:
+    """Choose one occurrence per group, each agreeing with those already chosen."""
+    if len(chosen) == len(candidates):
+        return True
+    for occ in candidates[len(chosen)]:
+        if all(_overlap_agrees(occ, other, readings) for other in chosen):
+            chosen.append(occ)
+            if _pick(candidates, chosen, readings):
                 return True
+            chosen.pop()
     return False
+
+
+def _best_span(
+    groups: list[list[_Occurrence]],
+    within: int | None,
+    readings: list[tuple[str, ...]],
+) -> list[_Occurrence] | None:
+    """One occurrence per group, all inside a window of ``within`` tokens and reading shared
+    tokens alike; None when no such choice exists."""
+    if within is None:
+        chosen: list[_Occurrence] = []
+        return chosen if _pick(groups, chosen, readings) else None
+    for start in sorted({occ[0] for group in groups for occ in group}):
+        limit = start + within
+        candidates = [[o for o in g if o[0] >= start and o[1] <= limit] for g in groups]
+        if all(candidates):
+            chosen = []
+            if _pick(candidates, chosen, readings):
+                return chosen
+    return None
 
 
 class Classifier:
@@ -101,6 +146,12 @@ class Classifier:
             trigger = compiled.any or compiled.all[0]
             for pid in set(trigger):
                 self._rules_by_phrase.setdefault(pid, []).append(order)
+        # What each phrase reads each of its tokens as (its accented word or compound), so that
+        # one rule never takes the same report token for two different words.
+        self._readings: list[tuple[str, ...]] = [
+            tuple(next(k for k in keys if not k.startswith(FOLDED)) for keys in seq)
+            for seq in self._phrases.phrases
+        ]
 
     # -- matching --------------------------------------------------------------------------
 
@@ -141,17 +192,16 @@ class Classifier:
                 return None
             evidence.append(self._phrases.texts[found])
         if rule.all:
-            groups: list[list[Span]] = []
+            groups: list[list[_Occurrence]] = []
             for group in rule.all:
-                spans = [span for pid in group for span in occ.get(pid, ())]
-                if not spans:
+                occurrences = [(s, e, pid) for pid in group for s, e in occ.get(pid, ())]
+                if not occurrences:
                     return None
-                groups.append(spans)
-            if not _best_span(groups, rule.rule.within):
+                groups.append(occurrences)
+            chosen = _best_span(groups, rule.rule.within, self._readings)
+            if chosen is None:
                 return None
-            for group in rule.all:
-                pid = next(p for p in group if p in occ)
-                evidence.append(self._phrases.texts[pid])
+            evidence.extend(self._phrases.texts[pid] for _, _, pid in chosen)
         return " + ".join(evidence)
 
     @staticmethod

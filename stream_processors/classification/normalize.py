@@ -13,6 +13,12 @@ one phrase matches every spelling:
    mostly unaccented get a folded key, which matches a phrase token with the same letters once
    diacritics are removed and "đ" becomes "d". So "tu tu" matches "tự tử", while an accented
    "từ từ" does not.
+
+Folding loses information: "ban" is "bạn" (friend), "bán" (sell) and "bắn" (shoot). Syllables the
+policy lists in ``ambiguous_folded`` need context in unaccented text: a rule phrase of one word
+whose folded form is listed keeps only its exact key, so it matches the word typed with its
+accents and never a bare "ban"; a phrase of several words ("bắn chết", "tự tử") keeps folded keys
+for every word, because its other words supply the context that picks the reading.
 """
 
 from __future__ import annotations
@@ -160,6 +166,7 @@ class Normalizer:
                 self._context[key] = (tokenize(entry.expand), near, entry.window, other)
             else:
                 self._simple[key] = tokenize(entry)
+        self.ambiguous = frozenset(rules.ambiguous_folded)
         self._compounds = PhraseSet()
         for phrase in rules.compounds:
             words = self._expand([(t, 0) for t in tokenize(phrase)])
@@ -228,6 +235,11 @@ class Normalizer:
                 out.append(frozenset((key,)))
             else:
                 out.append(phrase_token_keys(key[1:]))
+        if len(merged) == 1 and not merged[0].startswith(COMPOUND):
+            word = merged[0][1:]
+            if _folded(word) in self.ambiguous:
+                # One ambiguous word alone: only its accented spelling is evidence.
+                out = [frozenset((merged[0],))]
         return out
 
     def add_phrase(self, target: PhraseSet, phrase: str) -> int:

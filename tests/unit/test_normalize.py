@@ -101,3 +101,47 @@ def test_plain_words_in_accented_text_are_taken_at_face_value() -> None:
     # In a report typed with accents, "anh" is the pronoun, not "ảnh" (photo) without accents.
     assert not matches("Anh ấy nhắn tin cho con tôi mỗi ngày", "ảnh")
     assert matches("anh ay xin anh cua em", "xin ảnh")
+
+
+# -- ambiguous syllables -------------------------------------------------------------------
+
+AMBIGUOUS = RULES.model_copy(update={"ambiguous_folded": ["ban", "dam", "tu"]})
+
+
+def matches_with(rules: ClassificationRules, text: str, phrase: str) -> bool:
+    norm = Normalizer(rules)
+    phrases = PhraseSet()
+    norm.add_phrase(phrases, phrase)
+    return bool(phrases.find(norm.tokens(text).keys))
+
+
+def test_an_ambiguous_word_alone_needs_its_accents() -> None:
+    # "ban" typed without accents is mostly "bạn" (friend) or "bán" (sell), not "bắn" (shoot).
+    assert matches("tui muon ban lai sach cu", "bắn")
+    assert not matches_with(AMBIGUOUS, "tui muon ban lai sach cu", "bắn")
+    assert not matches_with(AMBIGUOUS, "em ko dam di hoc", "đâm")
+    # Typed with its accents it is still evidence, even in an otherwise unaccented report.
+    assert matches_with(AMBIGUOUS, "no doa se bắn em", "bắn")
+    assert matches_with(AMBIGUOUS, "Nó dọa sẽ bắn em", "bắn")
+
+
+def test_an_ambiguous_word_matches_inside_a_longer_phrase() -> None:
+    assert matches_with(AMBIGUOUS, "t se ban chet m", "bắn chết")
+    assert matches_with(AMBIGUOUS, "no doa dam chet em", "đâm chết")
+    # Both words ambiguous, but together they read one way: kept, for self-harm recall.
+    assert matches_with(AMBIGUOUS, "ban ay noi se tu tu", "tự tử")
+    assert not matches_with(AMBIGUOUS, "Em cứ từ từ mà làm", "tự tử")
+
+
+def test_ambiguity_is_about_the_unaccented_form_only() -> None:
+    # "bạn" is not listed by its accented form; other words are untouched.
+    assert matches_with(AMBIGUOUS, "ban ay bi tay chay", "bạn ấy")
+    assert matches_with(AMBIGUOUS, "ban ay bi tay chay", "tẩy chay")
+    assert matches_with(AMBIGUOUS, "bạn ấy bị tẩy chay", "bạn")
+
+
+def test_a_compound_keeps_a_look_alike_from_matching() -> None:
+    rules = AMBIGUOUS.model_copy(update={"compounds": ["danh sách", "tư vấn"]})
+    assert not matches_with(rules, "mai co danh sach lop", "đánh")
+    assert not matches_with(rules, "em can tu van tam ly", "tự vẫn")
+    assert matches_with(rules, "Em muốn tự vẫn", "tự vẫn")

@@ -103,3 +103,19 @@ def test_defaults_follow_the_policy_document() -> None:
     assert rules.category_severity[Category.sexual_exploitation] == Severity.critical
     assert rules.category_severity[Category.fraud] == Severity.medium
     assert rules.category_severity[Category.other] == Severity.low
+
+
+def test_ambiguous_folded_takes_unaccented_syllables() -> None:
+    policy = parse_yaml_text(ROUTING + "  ambiguous_folded: [ban, dam]\n", Policy, "policy.yaml")
+    assert policy.classification.ambiguous_folded == ["ban", "dam"]
+
+
+def test_ambiguous_folded_refuses_an_accented_word() -> None:
+    message = refuse("  ambiguous_folded: [ban, bắn]\n")
+    assert "policy.yaml:12:" in message
+    assert "without accents" in message
+
+
+def test_ambiguous_folded_refuses_phrases_and_duplicates() -> None:
+    assert "one word" in refuse("  ambiguous_folded: [ban chet]\n")
+    assert "twice" in refuse("  ambiguous_folded: [ban, dam, ban]\n")
