@@ -290,3 +290,89 @@ def test_when_condition(small: Classifier) -> None:
     ticked = small.classify(report("có người lạ gọi điện", immediate_danger=True))
     assert ticked.category == Category.threat_of_violence
     assert ticked.severity == Severity.critical
+
+
+# -- unaccented look-alikes ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "severity", "category"),
+    [
+        # Observed: "ban" (bạn/bán) was read as "bắn" (shoot) next to an intent word.
+        ("ban trong lop muon ru em choi game nhung em ko thich", Severity.low, Category.other),
+        (
+            "minh muon bao cao ban cung lop dang anh em len mang che bai",
+            Severity.high,
+            Category.cyberbullying,
+        ),
+        ("tui muon ban lai sach cu cho cac ban", Severity.low, Category.other),
+        ("em ko dam di hoc vi bi tay chay", Severity.high, Category.cyberbullying),
+        ("mai co danh sach lop moi", Severity.low, Category.other),
+        ("em can tu van tam ly", Severity.low, Category.other),
+        ("Mẹ em muốn ăn thịt gà", Severity.low, Category.other),
+    ],
+)
+def test_unaccented_look_alikes_are_not_violence(
+    classifier: Classifier, text: str, severity: Severity, category: Category
+) -> None:
+    decision = classifier.classify(report(text))
+    assert (decision.severity, decision.category) == (severity, category), decision.reasons
+
+
+@pytest.mark.parametrize(
+    ("text", "category"),
+    [
+        ("Nó muốn bắn em", Category.threat_of_violence),
+        ("t se ban chet m", Category.threat_of_violence),
+        ("no doa dam chet em", Category.threat_of_violence),
+        ("thang lop ben doa danh em sau gio hoc", Category.threat_of_violence),
+        ("tui no hen ra sau truong danh hoi dong em", Category.threat_of_violence),
+        ("e hay cat tay", Category.self_harm),
+        ("e muon nhay lau", Category.self_harm),
+        ("anh ta xin anh cua em", Category.sexual_exploitation),
+    ],
+)
+def test_threats_with_context_stay_critical(
+    classifier: Classifier, text: str, category: Category
+) -> None:
+    decision = classifier.classify(report(text))
+    assert (decision.severity, decision.category) == (Severity.critical, category), decision.reasons
+
+
+READINGS = (
+    ROUTING
+    + """
+classification:
+  ambiguous_folded: [ban]
+  rules:
+  - id: sexual.photo_request
+    category: sexual_exploitation
+    all: [[anh, chú], [xin ảnh]]
+    within: 6
+  - id: threat.violence
+    category: threat_of_violence
+    all: [[muốn, sẽ], [bắn, bắn chết]]
+    within: 4
+"""
+)
+
+
+@pytest.fixture(scope="module")
+def readings() -> Classifier:
+    return Classifier(parse_yaml_text(READINGS, Policy, "readings.yaml"))
+
+
+def test_one_token_is_not_read_as_two_words(readings: Classifier) -> None:
+    # "anh" cannot be both the man (first group) and "ảnh", the photo (second group).
+    assert readings.classify(report("em xin anh tien mua sach")).severity == Severity.low
+    photo = readings.classify(report("anh ay xin anh cua em"))
+    assert photo.severity == Severity.critical
+    assert "rule sexual.photo_request matched 'anh + xin ảnh'" in photo.reasons
+
+
+def test_all_groups_with_an_ambiguous_word(readings: Classifier) -> None:
+    # The intent word does not tell "bắn" from "bán": each group must match on its own terms.
+    assert readings.classify(report("tui muon ban sach cu")).severity == Severity.low
+    assert readings.classify(report("Tôi muốn bắn nó")).severity == Severity.critical
+    decision = readings.classify(report("t se ban chet m"))
+    assert "rule threat.violence matched 'sẽ + bắn chết'" in decision.reasons
