@@ -50,14 +50,19 @@ def _stop_event() -> threading.Event:
 
 def run_intake(settings: Settings) -> int:
     import uvicorn
-    from prometheus_client import make_asgi_app
+    from fastapi import Response
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
     from producers.intake.app import create_app
     from producers.intake.publisher import ReportPublisher
 
     publisher = ReportPublisher(require_bootstrap(settings), settings.topic_prefix)
     app = create_app(publisher, settings.api_keys, REGISTRY)
-    app.mount("/metrics", make_asgi_app(REGISTRY))
+
+    @app.get("/metrics", include_in_schema=False)
+    def metrics() -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
     try:
         uvicorn.run(
             app,

@@ -27,7 +27,7 @@ from schemas.topics import (
     TopicSpec,
 )
 from stream_processors.classify_stage import open_incident
-from stream_processors.config_holder import ConfigHolder
+from stream_processors.config_holder import ConfigHolder, LoadedConfig
 from stream_processors.routing.core import plan_notifications
 
 log = logging.getLogger("escalate.processors")
@@ -100,6 +100,12 @@ def create_app(
     prefix = settings.topic_prefix
     metrics = ProcessorMetrics(registry)
     metrics.policy_info.labels(holder.current().policy_version).set_to_current_time()
+
+    def on_reload(config: LoadedConfig) -> None:
+        metrics.policy_info.clear()  # one series: the version in force
+        metrics.policy_info.labels(config.policy_version).set_to_current_time()
+
+    holder.subscribe(on_reload=on_reload, on_refused=lambda _problem: metrics.policy_refused.inc())
     app = faust.App(
         f"{settings.app_id}-processors",
         broker=[f"kafka://{b.strip()}" for b in bootstrap.split(",")],

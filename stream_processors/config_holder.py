@@ -68,6 +68,17 @@ class ConfigHolder:
         self._stamps = self._read_stamps()
         self._next_check = clock() + check_every_s
 
+    def subscribe(
+        self,
+        on_reload: Callable[[LoadedConfig], None] | None = None,
+        on_refused: Callable[[str], None] | None = None,
+    ) -> None:
+        """Set the callbacks for an applied and for a refused change (metrics use them)."""
+        if on_reload is not None:
+            self._on_reload = on_reload
+        if on_refused is not None:
+            self._on_refused = on_refused
+
     def _read_stamps(self) -> tuple[tuple[int, int], tuple[int, int]]:
         return (_stamp(self.policy_file), _stamp(self.directory_file))
 

@@ -29,7 +29,7 @@ from consumers.notifier.render import message_id_for, render_email
 from consumers.notifier.sender import SendError, classify, send
 from escalate.settings import Settings
 from schemas.audit import AuditEvent, AuditEventType, DeadLetter
-from schemas.common import utcnow
+from schemas.common import Severity, Tier, utcnow
 from schemas.ids import event_id
 from schemas.notifications import DeliveryResult, DeliveryStatus, NotificationRequest
 from schemas.topics import AUDIT_EVENTS, DEAD_LETTER, NOTIFICATIONS_REQUESTED, NOTIFICATIONS_RESULTS
@@ -73,10 +73,17 @@ class NotifierMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.notifications = Counter(
             "escalate_notifications",
-            "Notification requests finished, by recipient tier and final status.",
-            ["tier", "status"],
+            "Notification requests finished, by recipient tier, severity and final status.",
+            ["tier", "severity", "status"],
             registry=registry,
         )
+        # Known combinations start at zero so increase() sees the very first failure.
+        for tier in Tier:
+            for severity in Severity:
+                for status in DeliveryStatus:
+                    self.notifications.labels(
+                        tier=tier.value, severity=severity.value, status=status.value
+                    )
         self.attempts = Counter(
             "escalate_notification_attempts",
             "SMTP delivery attempts, by tier and outcome (delivered, transient, permanent).",
@@ -308,7 +315,9 @@ class Notifier:
             Outgoing(self.results_topic, key, _json(result)),
             Outgoing(self.audit_topic, key, _json(audit)),
         ]
-        self.metrics.notifications.labels(tier=req.recipient.tier.value, status=status.value).inc()
+        self.metrics.notifications.labels(
+            tier=req.recipient.tier.value, severity=req.severity.value, status=status.value
+        ).inc()
         if error is None:
             log.info(
                 "notified incident=%s tier=%s recipient=%s step=%d attempts=%d message_id=%s",

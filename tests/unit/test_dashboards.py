@@ -218,7 +218,7 @@ def test_checker_catches_a_renamed_metric_and_label(catalogue: Catalogue) -> Non
     assert problems_in(good, catalogue, "{{tier}}") == []
     assert problems_in(good.replace("notifications_total", "notification_total"), catalogue)
     assert problems_in(good.replace('status="failed"', 'outcome="failed"'), catalogue)
-    assert problems_in(good.replace("by (tier)", "by (severity)"), catalogue)
+    assert problems_in(good.replace("by (tier)", "by (category)"), catalogue)
     assert problems_in(good, catalogue, "{{school_code}}")
     histogram = (
         "histogram_quantile(0.95,"
