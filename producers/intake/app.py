@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter
 from pydantic import ValidationError
 
 from producers.intake.errors import field_reasons
-from producers.intake.form import pick_lang, render_accepted, render_form
+from producers.intake.form import form_errors, pick_lang, render_accepted, render_form
 from producers.intake.publisher import PublishError, ReportPublisher
 from schemas.reports import ReportIn
 
@@ -157,15 +157,19 @@ def create_app(
             report = ReportIn.model_validate(data)
         except ValidationError as exc:
             metrics.requests.labels("web_form", "invalid").inc()
-            errors = [f"{r['field']}: {r['reason']}" for r in field_reasons(exc)]
-            return HTMLResponse(render_form(language, form, errors), status_code=422)
+            return HTMLResponse(
+                render_form(language, form, form_errors(exc, language)), status_code=422
+            )
         try:
             submitted = await run_in_threadpool(publisher.publish, report, "web_form")
         except PublishError:
             metrics.requests.labels("web_form", "unavailable").inc()
             return HTMLResponse(render_form(language, form, unavailable=True), status_code=503)
         metrics.requests.labels("web_form", "accepted").inc()
-        return HTMLResponse(render_accepted(language, submitted.tracking_code), status_code=201)
+        return HTMLResponse(
+            render_accepted(language, submitted.tracking_code, report.immediate_danger),
+            status_code=201,
+        )
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from html import escape
 
+from pydantic import ValidationError
+
 from schemas.common import Category, ReporterRole
 
 TEXT: dict[str, dict[str, str]] = {
@@ -32,6 +34,21 @@ TEXT: dict[str, dict[str, str]] = {
         "unavailable": "Hệ thống tạm thời không lưu được báo cáo. Báo cáo CHƯA được gửi. "
         "Vui lòng thử lại sau ít phút hoặc gọi 111.",
         "again": "Gửi báo cáo khác",
+        "choose": "— Chọn —",
+        "school_hint": "Mã trường có trong thông báo của nhà trường, ví dụ HN-BD-THCS-001.",
+        "required": "bắt buộc",
+        "danger_again": "Bạn đã đánh dấu có em đang gặp nguy hiểm: hãy gọi ngay 113 hoặc 111.",
+        "err_missing": "cần điền mục này",
+        "err_short": "quá ngắn, hãy viết rõ hơn",
+        "err_long": "quá dài",
+        "err_format": "không đúng định dạng",
+        "err_choice": "hãy chọn một mục trong danh sách",
+        "err_other": "không hợp lệ",
+        "field_school_code": "Mã trường",
+        "field_description": "Chuyện gì đã xảy ra?",
+        "field_reporter_role": "Bạn là",
+        "field_category_hint": "Loại sự việc",
+        "field_contact": "Liên hệ của bạn",
     },
     "en": {
         "title": "Report an online safety incident",
@@ -59,6 +76,21 @@ TEXT: dict[str, dict[str, str]] = {
         "unavailable": "We cannot store reports right now. Your report has NOT been sent. "
         "Please try again in a few minutes or call 111.",
         "again": "Send another report",
+        "choose": "— Choose —",
+        "school_hint": "The school code is in your school's notices, e.g. HN-BD-THCS-001.",
+        "required": "required",
+        "danger_again": "You said a child is in danger: call 113 or 111 now.",
+        "err_missing": "please fill this in",
+        "err_short": "too short, please say a little more",
+        "err_long": "too long",
+        "err_format": "not in the expected format",
+        "err_choice": "please pick one of the listed options",
+        "err_other": "not valid",
+        "field_school_code": "School code",
+        "field_description": "What happened?",
+        "field_reporter_role": "You are",
+        "field_category_hint": "Kind of incident",
+        "field_contact": "Your contact",
     },
 }
 
@@ -103,11 +135,15 @@ body{font-family:system-ui,sans-serif;max-width:42rem;margin:1rem auto;padding:0
 line-height:1.5;color:#1b1b1b}
 label{display:block;margin-top:1rem;font-weight:600}
 input[type=text],input[type=email],input[type=tel],select,textarea{width:100%;padding:.5rem;
-font-size:1rem;box-sizing:border-box}
+font-size:1rem;box-sizing:border-box;font-family:inherit}
+.check{display:flex;gap:.6rem;align-items:flex-start}.check input{width:1.4rem;height:1.4rem;
+margin-top:.15rem;flex:none}.hint{font-size:.9rem;color:#555;margin:.2rem 0 0}
+.req{color:#c0392b;font-weight:400;font-size:.9rem}
 textarea{min-height:9rem}.note{background:#fff4e5;border-left:4px solid #e67e22;padding:.5rem 1rem}
 .errors{background:#fdecea;border-left:4px solid #c0392b;padding:.5rem 1rem}
 .ok{background:#e8f5e9;border-left:4px solid #2e7d32;padding:.5rem 1rem}
-button{margin-top:1.5rem;padding:.75rem 1.5rem;font-size:1rem}
+button{margin-top:1.5rem;padding:.8rem 1.5rem;font-size:1.1rem;background:#1565c0;color:#fff;
+border:0;border-radius:.4rem;cursor:pointer;width:100%}button:hover{background:#0d47a1}
 fieldset{margin-top:1rem}.code{font-size:1.6rem;font-family:monospace}
 """
 
@@ -121,8 +157,40 @@ def _page(lang: str, body: str) -> str:
     return (
         f'<!doctype html><html lang="{lang}"><head><meta charset="utf-8">'
         f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{escape(t['title'])}</title><style>{STYLE}</style></head><body>{body}</body></html>"
+        f"<title>{escape(t['title'])}</title><style>{STYLE}</style></head><body><main>{body}</main></body></html>"
     )
+
+
+def _with_phone_links(text: str) -> str:
+    """Escape, then make the emergency numbers tappable on a phone."""
+    html = escape(text)
+    for number in ("113", "111"):
+        html = html.replace(number, f'<a href="tel:{number}">{number}</a>')
+    return html
+
+
+def form_errors(exc: ValidationError, lang: str) -> list[str]:
+    """Validation problems in the reporter's language, naming fields as the form labels them."""
+    t = TEXT[lang]
+    messages = []
+    for err in exc.errors(include_input=False, include_url=False):
+        field = str(err["loc"][0]) if err["loc"] else ""
+        label = t.get(f"field_{field}", field)
+        kind = err["type"]
+        if kind == "missing":
+            reason = t["err_missing"]
+        elif kind in ("string_too_short", "too_short"):
+            reason = t["err_short"]
+        elif kind in ("string_too_long", "too_long"):
+            reason = t["err_long"]
+        elif kind == "enum":
+            reason = t["err_choice"]
+        elif kind in ("string_pattern_mismatch", "value_error"):
+            reason = t["err_format"]
+        else:
+            reason = t["err_other"]
+        messages.append(f"{label.rstrip('?')}: {reason}")
+    return messages
 
 
 def render_form(
@@ -138,53 +206,64 @@ def render_form(
     def val(name: str) -> str:
         return escape(v.get(name, ""), quote=True)
 
-    role_opts = "".join(
-        f'<option value="{r.value}"{" selected" if v.get("reporter_role") == r.value else ""}>'
+    def selected(name: str, value: str) -> str:
+        return " selected" if v.get(name) == value else ""
+
+    role_opts = f'<option value="">{escape(t["choose"])}</option>' + "".join(
+        f'<option value="{r.value}"{selected("reporter_role", r.value)}>'
         f"{escape(ROLE_LABELS[lang][r.value])}</option>"
         for r in ReporterRole
     )
     cat_opts = f'<option value="">{escape(t["unknown"])}</option>' + "".join(
-        f'<option value="{c.value}"{" selected" if v.get("category_hint") == c.value else ""}>'
+        f'<option value="{c.value}"{selected("category_hint", c.value)}>'
         f"{escape(CATEGORY_LABELS[lang][c.value])}</option>"
         for c in Category
     )
     problems = ""
     if unavailable:
-        problems = f'<div class="errors" role="alert"><p>{escape(t["unavailable"])}</p></div>'
+        problems = (
+            '<div class="errors" role="alert" tabindex="-1" id="problems">'
+            f"<p>{_with_phone_links(t['unavailable'])}</p></div>"
+        )
     elif errors:
         items = "".join(f"<li>{escape(e)}</li>" for e in errors)
         problems = (
-            f'<div class="errors" role="alert"><p>{escape(t["fix"])}</p><ul>{items}</ul></div>'
+            '<div class="errors" role="alert" tabindex="-1" id="problems">'
+            f"<p>{escape(t['fix'])}</p><ul>{items}</ul></div>"
         )
     checked = " checked" if v.get("immediate_danger") else ""
+    req = f'<span class="req">({escape(t["required"])})</span>'
     body = f"""
-<p><a href="/report?lang={other}">{escape(t["other_lang"])}</a></p>
+<p><a href="/report?lang={other}" lang="{other}" hreflang="{other}">
+{escape(t["other_lang"])}</a></p>
 <h1>{escape(t["title"])}</h1>
 <p>{escape(t["intro"])}</p>
-<p class="note">{escape(t["danger_note"])}</p>
+<p class="note">{_with_phone_links(t["danger_note"])}</p>
 {problems}
 <form method="post" action="/report?lang={lang}" accept-charset="utf-8">
-<label for="school_code">{escape(t["school_code"])}</label>
+<label for="school_code">{escape(t["school_code"])} {req}</label>
 <input type="text" id="school_code" name="school_code" required maxlength="40"
- value="{val("school_code")}" placeholder="HN-BD-THCS-001">
+ value="{val("school_code")}" placeholder="HN-BD-THCS-001" aria-describedby="school_hint"
+ autocomplete="off">
+<p class="hint" id="school_hint">{escape(t["school_hint"])}</p>
 <label for="reporter_role">{escape(t["role"])}</label>
 <select id="reporter_role" name="reporter_role">{role_opts}</select>
-<label for="description">{escape(t["description"])}</label>
+<label for="description">{escape(t["description"])} {req}</label>
 <textarea id="description" name="description" required maxlength="10000">
 {val("description")}</textarea>
-<label><input type="checkbox" name="immediate_danger" value="1"{checked}>
- {escape(t["danger"])}</label>
+<label class="check"><input type="checkbox" name="immediate_danger" value="1"{checked}>
+ <span>{escape(t["danger"])}</span></label>
 <label for="category_hint">{escape(t["category"])}</label>
 <select id="category_hint" name="category_hint">{cat_opts}</select>
 <fieldset><legend>{escape(t["contact"])}</legend>
 <label for="contact_name">{escape(t["name"])}</label>
-<input type="text" id="contact_name" name="contact_name" maxlength="200"
+<input type="text" id="contact_name" name="contact_name" maxlength="200" autocomplete="name"
  value="{val("contact_name")}">
 <label for="contact_phone">{escape(t["phone"])}</label>
-<input type="tel" id="contact_phone" name="contact_phone" maxlength="40"
+<input type="tel" id="contact_phone" name="contact_phone" maxlength="40" autocomplete="tel"
  value="{val("contact_phone")}">
 <label for="contact_email">{escape(t["email"])}</label>
-<input type="email" id="contact_email" name="contact_email" maxlength="254"
+<input type="email" id="contact_email" name="contact_email" maxlength="254" autocomplete="email"
  value="{val("contact_email")}">
 </fieldset>
 <button type="submit">{escape(t["submit"])}</button>
@@ -192,10 +271,16 @@ def render_form(
     return _page(lang, body)
 
 
-def render_accepted(lang: str, tracking_code: str) -> str:
+def render_accepted(lang: str, tracking_code: str, immediate_danger: bool = False) -> str:
     t = TEXT[lang]
+    danger = (
+        f'<p class="note" role="alert">{_with_phone_links(t["danger_again"])}</p>'
+        if immediate_danger
+        else ""
+    )
     body = f"""
 <h1>{escape(t["accepted"])}</h1>
+{danger}
 <div class="ok" role="status"><p>{escape(t["tracking"])}:</p>
 <p class="code" id="tracking-code">{escape(tracking_code)}</p><p>{escape(t["keep"])}</p></div>
 <p><a href="/report?lang={lang}">{escape(t["again"])}</a></p>"""
