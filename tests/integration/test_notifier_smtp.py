@@ -230,7 +230,8 @@ def test_delivery_publishes_result_and_audit(smtp: Smtp, caplog: pytest.LogCaptu
     assert "incident=" + req.incident_id in caplog.text
     assert (
         registry.get_sample_value(
-            "escalate_notifications_total", {"tier": "district_office", "status": "delivered"}
+            "escalate_notifications_total",
+            {"tier": "district_office", "severity": "critical", "status": "delivered"},
         )
         == 1
     )
@@ -300,7 +301,8 @@ def test_permanent_refusal_fails_at_once(smtp: Smtp) -> None:
     assert smtp.handler.messages == []
     assert (
         registry.get_sample_value(
-            "escalate_notifications_total", {"tier": "district_office", "status": "failed"}
+            "escalate_notifications_total",
+            {"tier": "district_office", "severity": "critical", "status": "failed"},
         )
         == 1
     )

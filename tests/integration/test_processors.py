@@ -189,15 +189,17 @@ def test_a_changed_policy_takes_effect_without_restart(
     publisher = ReportPublisher(kafka_bootstrap, prefix)
     incidents_topic = INCIDENTS_CLASSIFIED.name(prefix)
 
-    def decisions() -> list[IncidentClassified]:
-        return [
+    def decisions() -> dict[str, IncidentClassified]:
+        """By report id: partitions are read in no particular order."""
+        found = [
             IncidentClassified.model_validate_json(v)
             for v in read_all(kafka_bootstrap, incidents_topic)
         ]
+        return {i.report_ids[0]: i for i in found}
 
-    publisher.publish(report(1), "test")
-    wait_until(lambda: len(decisions()) == 1, 90, "the first decision")
-    first = decisions()[0].decision
+    one = publisher.publish(report(1), "test").report_id
+    wait_until(lambda: one in decisions(), 90, "the first decision")
+    first = decisions()[one].decision
     assert first.severity == "medium"
 
     # The operator makes intrusions 'high' and asks for a reload.
@@ -213,9 +215,9 @@ def test_a_changed_policy_takes_effect_without_restart(
     )
     assert reload.returncode == 0, reload.stderr
     time.sleep(3)
-    publisher.publish(report(2), "test")
-    wait_until(lambda: len(decisions()) == 2, 90, "the second decision")
-    second = decisions()[1].decision
+    two = publisher.publish(report(2), "test").report_id
+    wait_until(lambda: two in decisions(), 90, "the second decision")
+    second = decisions()[two].decision
     assert second.severity == "high"
     assert second.rules_version != first.rules_version
     assert second.rules_version in reload.stdout
@@ -231,7 +233,7 @@ def test_a_changed_policy_takes_effect_without_restart(
     )
     assert refused.returncode == 1 and "policy.yaml:" in refused.stderr
     time.sleep(3)
-    publisher.publish(report(3), "test")
-    wait_until(lambda: len(decisions()) == 3, 90, "the third decision")
-    assert decisions()[2].decision.rules_version == second.rules_version
+    three = publisher.publish(report(3), "test").report_id
+    wait_until(lambda: three in decisions(), 90, "the third decision")
+    assert decisions()[three].decision.rules_version == second.rules_version
     publisher.close()
