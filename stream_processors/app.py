@@ -26,6 +26,7 @@ from schemas.topics import (
     REPORTS_SUBMITTED,
     TopicSpec,
 )
+from schemas.validation import validation_reason
 from stream_processors.classify_stage import open_incident
 from stream_processors.config_holder import ConfigHolder, LoadedConfig
 from stream_processors.routing.core import plan_notifications
@@ -178,11 +179,7 @@ def create_app(
 
     def describe(exc: Exception) -> str:
         if isinstance(exc, ValidationError):
-            parts = [
-                f"{'.'.join(str(p) for p in e['loc']) or 'message'}: {e['msg']}"
-                for e in exc.errors()[:10]
-            ]
-            return "invalid message: " + "; ".join(parts)
+            return validation_reason(exc)
         return f"invalid message: {exc}"
 
     @app.agent(reports, name="classify")

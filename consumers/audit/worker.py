@@ -25,7 +25,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlch
 from sqlalchemy.orm import Session
 
 from consumers.audit.store import make_engine, migrate, record
-from consumers.notifier.worker import (
+from consumers.kafka_io import (
     Outgoing,
     RecordLike,
     dead_letter_for,

@@ -18,17 +18,25 @@ import threading
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from email.message import EmailMessage
-from typing import Any, Protocol
+from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
+from consumers.kafka_io import (
+    Outgoing,
+    RecordLike,
+    dead_letter_for,
+    publish,
+    rewind,
+    to_json,
+    validation_reason,
+)
 from consumers.notifier.render import message_id_for, render_email
 from consumers.notifier.sender import SendError, classify, send
 from escalate.settings import Settings
-from schemas.audit import AuditEvent, AuditEventType, DeadLetter
+from schemas.audit import AuditEvent, AuditEventType
 from schemas.common import Severity, Tier, utcnow
 from schemas.ids import event_id
 from schemas.notifications import DeliveryResult, DeliveryStatus, NotificationRequest
@@ -38,33 +46,8 @@ log = logging.getLogger("escalate.notifier")
 
 STAGE = "notifier"
 MAX_BACKOFF_S = 300.0
-PUBLISH_TIMEOUT_S = 30.0
 
 SendFn = Callable[[EmailMessage, Settings], Awaitable[None]]
-
-
-class RecordLike(Protocol):
-    """The parts of a kafka-python ConsumerRecord the notifier uses (tests pass their own)."""
-
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-    @property
-    def key(self) -> bytes | None: ...
-    @property
-    def value(self) -> bytes | None: ...
-
-
-@dataclass(frozen=True)
-class Outgoing:
-    """One message to publish before the source offset may be committed."""
-
-    topic: str
-    key: bytes | None
-    value: bytes
 
 
 class NotifierMetrics:
@@ -117,35 +100,6 @@ def metrics_for(registry: CollectorRegistry) -> NotifierMetrics:
         if metrics is None:
             metrics = _METRICS[registry] = NotifierMetrics(registry)
         return metrics
-
-
-def validation_reason(exc: ValidationError) -> str:
-    """Describe what is wrong without echoing the input, which may hold a child's report."""
-    parts = [
-        f"{'.'.join(str(p) for p in err['loc']) or '(root)'}: {err['msg']}"
-        for err in exc.errors(include_input=False, include_url=False)
-    ]
-    return f"invalid {exc.title}: " + "; ".join(parts)
-
-
-def dead_letter_for(record: RecordLike, topic: str, stage: str, reason: str) -> Outgoing:
-    """Wrap a message nobody could process, with where it came from and why it was set aside."""
-    key = record.key.decode("utf-8", errors="replace") if record.key is not None else None
-    letter = DeadLetter(
-        source_topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        key=key,
-        stage=stage,
-        reason=reason,
-        at=utcnow(),
-        payload=(record.value or b"").decode("utf-8", errors="replace"),
-    )
-    return Outgoing(topic, record.key, _json(letter))
-
-
-def _json(model: BaseModel) -> bytes:
-    return model.model_dump_json().encode("utf-8")
 
 
 def _print_line(line: str) -> None:
@@ -312,8 +266,8 @@ class Notifier:
         )
         key = req.incident_id.encode("utf-8")
         out = [
-            Outgoing(self.results_topic, key, _json(result)),
-            Outgoing(self.audit_topic, key, _json(audit)),
+            Outgoing(self.results_topic, key, to_json(result)),
+            Outgoing(self.audit_topic, key, to_json(audit)),
         ]
         self.metrics.notifications.labels(
             tier=req.recipient.tier.value, severity=req.severity.value, status=status.value
@@ -427,23 +381,6 @@ class Notifier:
             stop.wait(min(MAX_BACKOFF_S, max(1.0, self.settings.notify_backoff_s)))
         finally:
             rewind(consumer, pending)
-
-
-def publish(producer: Any, outgoing: list[Outgoing]) -> None:
-    """Send and wait until the broker has acknowledged every message (acks=all)."""
-    futures = [producer.send(o.topic, key=o.key, value=o.value) for o in outgoing]
-    for future in futures:
-        future.get(timeout=PUBLISH_TIMEOUT_S)
-
-
-def rewind(consumer: Any, pending: dict[Any, int]) -> None:
-    """Seek back over records that were fetched but not committed, so they are read again."""
-    if not pending:
-        return
-    assigned = consumer.assignment()
-    for tp, offset in pending.items():
-        if tp in assigned:
-            consumer.seek(tp, offset)
 
 
 async def _as_coroutine(awaitable: Awaitable[None]) -> None:

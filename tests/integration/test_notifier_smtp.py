@@ -19,9 +19,10 @@ import pytest
 from aiosmtpd.controller import Controller
 from prometheus_client import CollectorRegistry
 
+from consumers.kafka_io import Outgoing
 from consumers.notifier.render import message_id_for, render_email
 from consumers.notifier.sender import SendError, send
-from consumers.notifier.worker import Notifier, Outgoing
+from consumers.notifier.worker import Notifier
 from consumers.outbox import OutboxServer
 from escalate.settings import Settings
 from schemas.audit import AuditEvent, AuditEventType, DeadLetter
