@@ -7,8 +7,9 @@ does not parse becomes a dead letter with its reason instead of crashing the age
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import faust
 from prometheus_client import CollectorRegistry, Counter, Gauge
@@ -32,6 +33,8 @@ from stream_processors.config_holder import ConfigHolder, LoadedConfig
 from stream_processors.routing.core import plan_notifications
 
 log = logging.getLogger("escalate.processors")
+
+M = TypeVar("M", bound=BaseModel)
 
 
 class ProcessorMetrics:
@@ -172,25 +175,23 @@ def create_app(
         )
         await emit(event, DEAD_LETTER, message.key, letter)
 
-    def parse(model: type[BaseModel], raw: bytes | None) -> BaseModel:
-        if raw is None:
-            raise ValueError("empty message")
-        return model.model_validate_json(raw)
-
-    def describe(exc: Exception) -> str:
-        if isinstance(exc, ValidationError):
-            return validation_reason(exc)
-        return f"invalid message: {exc}"
+    async def valid(
+        stream: faust.StreamT[bytes], model: type[M], stage: str
+    ) -> AsyncIterator[tuple[Any, M]]:
+        """The stream's events parsed into ``model``; the rest become dead letters."""
+        async for event in stream.events():
+            try:
+                if event.value is None:
+                    raise ValueError("empty message")
+                yield event, model.model_validate_json(event.value)
+            except ValidationError as exc:
+                await dead_letter(event, stage, validation_reason(exc))
+            except ValueError as exc:
+                await dead_letter(event, stage, f"invalid message: {exc}")
 
     @app.agent(reports, name="classify")
     async def classify(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            try:
-                submitted = parse(ReportSubmitted, event.value)
-            except (ValidationError, ValueError) as exc:
-                await dead_letter(event, "classify", describe(exc))
-                continue
-            assert isinstance(submitted, ReportSubmitted)
+        async for event, submitted in valid(stream, ReportSubmitted, "classify"):
             config = holder.current()
             decision = config.classifier.classify(submitted.report)
             result = open_incident(submitted, decision, _now())
@@ -201,13 +202,7 @@ def create_app(
 
     @app.agent(incidents, name="route")
     async def route(stream: faust.StreamT[bytes]) -> None:
-        async for event in stream.events():
-            try:
-                incident = parse(IncidentClassified, event.value)
-            except (ValidationError, ValueError) as exc:
-                await dead_letter(event, "route", describe(exc))
-                continue
-            assert isinstance(incident, IncidentClassified)
+        async for event, incident in valid(stream, IncidentClassified, "route"):
             config = holder.current()
             plan = plan_notifications(incident, config.policy, config.directory, now=_now())
             key = incident.incident_id.encode("utf-8")
