@@ -1,0 +1,57 @@
+"""`escalate kafka start|status|stop` as an operator uses it, on a broker of its own."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+from kafka import KafkaConsumer
+
+from escalate import kafka_local
+from escalate.settings import Settings
+from tests.conftest import free_port
+
+
+def escalate(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "escalate.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_start_is_idempotent_prints_the_address_last_and_stop_stops(tmp_path: Path) -> None:
+    port, controller = free_port(), free_port()
+    env = {
+        **os.environ,
+        "ESCALATE_KAFKA_PORT": str(port),
+        "ESCALATE_KAFKA_CONTROLLER_PORT": str(controller),
+    }
+    env.pop("ESCALATE_KAFKA_BOOTSTRAP_SERVERS", None)
+    first = escalate(env, "kafka", "start")
+    try:
+        assert first.returncode == 0, first.stderr
+        address = first.stdout.strip().splitlines()[-1]
+        assert address == f"127.0.0.1:{port}"
+        consumer = KafkaConsumer(bootstrap_servers=address)
+        assert isinstance(consumer.topics(), set)
+        consumer.close()
+
+        status = escalate(env, "kafka", "status")
+        assert status.returncode == 0 and "running" in status.stdout
+        pid = status.stdout.split("pid ")[1].split(")")[0]
+
+        again = escalate(env, "kafka", "start")
+        assert again.returncode == 0
+        assert again.stdout.strip().splitlines()[-1] == address
+        assert pid in escalate(env, "kafka", "status").stdout, "a second broker was started"
+    finally:
+        stopped = escalate(env, "kafka", "stop")
+    assert stopped.returncode == 0
+    assert escalate(env, "kafka", "status").returncode == 3
+    shutil.rmtree(kafka_local.data_dir(Settings(kafka_port=port)), ignore_errors=True)
