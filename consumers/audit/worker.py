@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import weakref
 from collections import Counter as Tally
 from collections.abc import Iterable
 from typing import Any
@@ -33,6 +32,7 @@ from consumers.kafka_io import (
     rewind,
     validation_reason,
 )
+from consumers.metrics_registry import PerRegistry
 from escalate.settings import Settings
 from schemas.audit import AuditEvent, AuditEventType
 from schemas.ids import event_id, incident_id_for_report
@@ -70,16 +70,7 @@ class AuditMetrics:
         )
 
 
-_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, AuditMetrics] = weakref.WeakKeyDictionary()
-_METRICS_LOCK = threading.Lock()
-
-
-def metrics_for(registry: CollectorRegistry) -> AuditMetrics:
-    with _METRICS_LOCK:
-        metrics = _METRICS.get(registry)
-        if metrics is None:
-            metrics = _METRICS[registry] = AuditMetrics(registry)
-        return metrics
+metrics_for = PerRegistry(AuditMetrics)
 
 
 def received_event(submitted: ReportSubmitted) -> AuditEvent:

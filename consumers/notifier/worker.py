@@ -16,7 +16,6 @@ import asyncio
 import logging
 import threading
 import time
-import weakref
 from collections.abc import Awaitable, Callable
 from email.message import EmailMessage
 from typing import Any
@@ -33,6 +32,7 @@ from consumers.kafka_io import (
     to_json,
     validation_reason,
 )
+from consumers.metrics_registry import PerRegistry
 from consumers.notifier.render import message_id_for, render_email
 from consumers.notifier.sender import SendError, classify, send
 from escalate.settings import Settings
@@ -87,19 +87,7 @@ class NotifierMetrics:
         )
 
 
-_METRICS: weakref.WeakKeyDictionary[CollectorRegistry, NotifierMetrics] = (
-    weakref.WeakKeyDictionary()
-)
-_METRICS_LOCK = threading.Lock()
-
-
-def metrics_for(registry: CollectorRegistry) -> NotifierMetrics:
-    """One metrics set per registry, so a second Notifier on the same registry does not clash."""
-    with _METRICS_LOCK:
-        metrics = _METRICS.get(registry)
-        if metrics is None:
-            metrics = _METRICS[registry] = NotifierMetrics(registry)
-        return metrics
+metrics_for = PerRegistry(NotifierMetrics)
 
 
 def _print_line(line: str) -> None:
