@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck check schemas bench clean-var
+.PHONY: run test lint typecheck check schemas bench bench-pipeline clean-var
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ schemas: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/classify_bench.py
+
+bench-pipeline: $(STAMP)
+	$(BIN)/python bench/pipeline_latency.py --reports 200
+	$(BIN)/python bench/pipeline_latency.py --reports 40 --interval 0.5
 
 clean-var:
 	rm -rf var
