@@ -173,7 +173,9 @@ class Classifier:
         for pid, s, e in spans:
             killer = None
             for cs, ce, window, cue_pid in cues:
-                if ce <= s and s - ce <= window and clauses[ce - 1] == clauses[s] and cs != s:
+                # The occurrence starts after the cue starts and ends after it ends: a phrase
+                # may share the cue's last word ("không có ai bị" + "bị hack").
+                if cs < s and ce < e and s - ce <= window and clauses[ce - 1] == clauses[s]:
                     killer = cue_pid
                     break
             if killer is None:
