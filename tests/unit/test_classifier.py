@@ -115,6 +115,45 @@ def test_negated_danger_is_not_critical(classifier: Classifier, text: str) -> No
     assert decision.severity != Severity.critical, decision.reasons
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Không có em nào bị thương hay bị đe dọa cả, mạng trường yếu.",
+        "Không có cháu nào bị xúc phạm hay gặp nguy hiểm gì, tôi chỉ góp ý.",
+        "khong co ban nao bi bat nat hay de doa gi ca",
+        "ko ai bi lam sao hay gap nguy hiem, mat dien thoi",
+        "Chưa có học sinh nào gặp nguy hiểm hay bị dọa, chỉ hỏi lịch học.",
+        "No one was harmed or threatened; the camera stopped working.",
+        "No students were threatened or hurt, the fire drill ended the lesson early.",
+    ],
+)
+def test_quantified_negation_reaches_a_short_list(classifier: Classifier, text: str) -> None:
+    decision = classifier.classify(report(text))
+    assert decision.severity not in (Severity.critical, Severity.high), decision.reasons
+
+
+def test_negation_covers_a_phrase_sharing_the_cue_word(classifier: Classifier) -> None:
+    """'không có ai bị' + 'bị hack': the phrase starts on the cue's last word."""
+    decision = classifier.classify(report("Không có ai bị hack tài khoản, em chỉ quên mật khẩu."))
+    assert decision.category != Category.account_compromise, decision.reasons
+
+
+def test_negation_does_not_reach_across_a_clause(classifier: Classifier) -> None:
+    decision = classifier.classify(report("Không có ai bị đánh, nhưng bạn em nói muốn tự tử."))
+    assert decision.severity == Severity.critical
+
+
+@pytest.mark.parametrize(
+    ("text", "category"),
+    [
+        ("Ứng dụng học trên điện thoại cứ bị văng, không học online được.", Category.other),
+        ("Có nick tên Hacker Pro vào phòng Zoom bật mic hét ầm ĩ.", Category.intrusion),
+    ],
+)
+def test_loose_words_do_not_decide(classifier: Classifier, text: str, category: Category) -> None:
+    assert classifier.classify(report(text)).category == category
+
+
 def test_negated_critical_signal_is_shown_to_a_human(classifier: Classifier) -> None:
     decision = classifier.classify(report("Không có học sinh nào bị đe dọa giết, chỉ hỏi thôi."))
     assert decision.severity != Severity.critical
