@@ -3,7 +3,7 @@
 ``tests/data/reports-generalisation.jsonl`` was written before the rules it measures were tuned:
 children, parents and teachers describing every category in their own words, on many platforms,
 with and without diacritics, in chat shorthand and English, with negations and scary words in
-harmless reports. It was written in three batches; each was measured blind first (see the Results in
+harmless reports. It was written in four batches; each was measured blind first (see the Results in
 docs/CLASSIFIER.md) and then used to broaden the rules, so these figures are no longer blind.
 New rows should be added the same way: write them, measure, then fix the rules in general terms.
 """
