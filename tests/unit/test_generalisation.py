@@ -3,9 +3,10 @@
 ``tests/data/reports-generalisation.jsonl`` was written before the rules it measures were tuned:
 children, parents and teachers describing every category in their own words, on many platforms,
 with and without diacritics, in chat shorthand and English, with negations and scary words in
-harmless reports. It was written in five batches (the last: harmless reports around the new cue
-words); each was measured blind first (see the Results in docs/CLASSIFIER.md) and then used to
-broaden or narrow the rules, so these figures are no longer blind. Add new rows the same way:
+harmless reports. It was written in six batches (the fifth: harmless reports around the new
+cue words; the sixth: two 30-report probes, one half harmless); each was measured blind first
+(see the Results in docs/CLASSIFIER.md) and then used to broaden or narrow the rules, so these
+figures are no longer blind. Add new rows the same way:
 write them, measure, then fix the rules in general terms.
 """
 
