@@ -35,7 +35,12 @@ from schemas.rules import ClassificationRules, Shorthand
 # letter and stay with it.
 _TONES = frozenset("\u0300\u0301\u0303\u0309\u0323")
 _APOSTROPHE = re.compile(r"(?<=\w)['’`](?=\w)")
-_TOKEN = re.compile(r"[\w\u0300-\u036f]+\+?|[.!?;:,\n\r|]+")
+# Numbers keep their separators ("1.500.000", "1,5"): a dot between digits ends no clause.
+_TOKEN = re.compile(r"\d+(?:[.,]\d+)+|[\w\u0300-\u036f]+\+?|[.!?;:,\n\r|]+")
+# Amounts as people type them ("300k", "1.5tr", "50000đ"): the unit becomes its word, so a rule
+# about money sees "300 nghìn" and "k" is never read as the shorthand for "không".
+_AMOUNT = re.compile(r"(?<![\w.,])(\d+(?:[.,]\d+)*)(k|tr|đ|vnđ|vnd)(?!\w)")
+_AMOUNT_UNITS = {"k": "nghìn", "tr": "triệu", "đ": "đồng", "vnđ": "đồng", "vnd": "đồng"}
 
 EXACT = "E"  # the token as written, accents included
 FOLDED = "F"  # an unaccented token that may stand for any accented spelling
@@ -71,6 +76,7 @@ def _folded(token: str) -> str:
 def split(text: str) -> list[str]:
     """Casefolded word tokens and punctuation runs, in order."""
     text = _APOSTROPHE.sub("", unicodedata.normalize("NFC", text).casefold())
+    text = _AMOUNT.sub(lambda m: f"{m.group(1)} {_AMOUNT_UNITS[m.group(2)]}", text)
     return _TOKEN.findall(text)
 
 

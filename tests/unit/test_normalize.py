@@ -17,6 +17,7 @@ RULES = ClassificationRules.model_validate(
     {
         "lexicon": {
             "ko": "không",
+            "k": "không",
             "e": "em",
             "ng": "người",
             "tk": "tài khoản",
@@ -55,6 +56,25 @@ def test_tone_placement_variants_are_equal() -> None:
 def test_tokenize_casefolds_and_joins_apostrophes() -> None:
     assert tokenize("Don't  TỰ-TỬ, ok?") == ["dont", "tự", "tử", "ok"]
     assert tokenize("18+ content") == ["18+", "content"]
+
+
+def test_typed_amounts_name_their_unit() -> None:
+    assert tokenize("chuyển 300k, rồi 1.5tr và 50000đ") == [
+        "chuyển",
+        "300",
+        "nghìn",
+        "rồi",
+        "1.5",
+        "triệu",
+        "và",
+        "50000",
+        "đồng",
+    ]
+    assert matches("e chuyen 300k cho shop", "nghìn")
+    assert not matches("e chuyen 300k cho shop", "không")
+    # Only digits glued to the unit: "4k" is an amount, "k" on its own stays shorthand.
+    assert matches("e k biet", "không")
+    assert tokenize("abc300k") == ["abc300k"]
 
 
 @pytest.mark.parametrize(
