@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck check schemas bench bench-pipeline clean-var
+.PHONY: system-packages run test lint typecheck check schemas bench bench-pipeline clean-var
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -15,7 +15,10 @@ $(STAMP): pyproject.toml
 run: $(STAMP)
 	$(BIN)/escalate up
 
-test: $(STAMP)
+system-packages:
+	tools/install-system-packages
+
+test: system-packages $(STAMP)
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)

@@ -1,26 +1,49 @@
-"""Kafka plumbing shared by the consumers: what they publish before committing, and how a
-message nobody can use becomes a dead letter with its reason."""
+"""The one Kafka client loop of the consumers: poll, hand records to a stage, publish what it
+produced, commit, and make sure no single message can stop the loop.
+
+A stage (notifier, audit writer, any later one) only says how to handle records. The loop owns
+everything that must be the same for all of them:
+
+- Outputs are acknowledged by the broker (acks=all) before the offsets they answer for are
+  committed, so a crash repeats work but never loses it.
+- A record whose handling raises is a *poison* message: it goes to the dead-letter topic with
+  the stage and the reason, the offset moves past it, and the next record is handled. A stage
+  that handles batches gets the failed batch back one record at a time, so only the culprit is
+  set aside.
+- ``Unavailable`` (the database or the SMTP relay cannot be reached) and broker errors are not
+  the message's fault: nothing is dead-lettered, the uncommitted records are rewound and
+  retried after a growing pause, and the component stays up.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import logging
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel
 
-from schemas.audit import DeadLetter
-from schemas.common import utcnow
+from consumers.dead_letters import DeadLetters, Reason, describe_failure
+from consumers.metrics_registry import PerRegistry
 from schemas.validation import validation_reason
 
 PUBLISH_TIMEOUT_S = 30.0
+MAX_PAUSE_S = 30.0
+
+log = logging.getLogger("escalate.consumer")
 
 __all__ = [
     "PUBLISH_TIMEOUT_S",
+    "ConsumerConfig",
+    "Handled",
     "Outgoing",
     "RecordLike",
-    "dead_letter_for",
-    "publish",
-    "rewind",
+    "Stage",
+    "Unavailable",
+    "run_consumer",
     "to_json",
     "validation_reason",
 ]
@@ -50,34 +73,234 @@ class Outgoing:
     value: bytes
 
 
-def dead_letter_for(record: RecordLike, topic: str, stage: str, reason: str) -> Outgoing:
-    """Wrap a message nobody could process, with where it came from and why it was set aside."""
-    key = record.key.decode("utf-8", errors="replace") if record.key is not None else None
-    letter = DeadLetter(
-        source_topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        key=key,
-        stage=stage,
-        reason=reason,
-        at=utcnow(),
-        payload=(record.value or b"").decode("utf-8", errors="replace"),
-    )
-    return Outgoing(topic, record.key, to_json(letter))
+@dataclass(frozen=True)
+class Handled:
+    """Records a stage has finished, and what must be published before committing them."""
+
+    records: Sequence[RecordLike]
+    outgoing: list[Outgoing] = field(default_factory=list)
+
+
+class Unavailable(Exception):
+    """Something the stage depends on cannot be reached (database, SMTP relay).
+
+    Not the message's fault: the records are retried later, never dead-lettered.
+    """
+
+
+class Stage(Protocol):
+    """What the loop needs from a consumer stage."""
+
+    #: the stage's name in dead letters and metrics
+    name: str
+    #: True when ``handle`` finishes records strictly one by one, in order: then the first
+    #: unfinished record is the one that raised, and records before it are never handled again.
+    one_by_one: bool
+    dead_letters: DeadLetters
+
+    def handle(self, records: Sequence[RecordLike], stop: threading.Event) -> Iterator[Handled]:
+        """Handle ``records`` (one partition's, in offset order); yield what is finished.
+
+        Returning before every record is handled (``stop`` set) leaves the rest uncommitted.
+        """
+        ...
+
+    def on_poison(self, record: RecordLike, exc: Exception) -> list[Outgoing]:
+        """Messages to publish besides the dead letter when ``record`` could not be handled."""
+        ...
+
+    def incident_of(self, record: RecordLike) -> str | None:
+        """The incident a record is about, when its key tells (for the audit trail)."""
+        ...
+
+
+@dataclass(frozen=True)
+class ConsumerConfig:
+    """The Kafka side of one consumer stage."""
+
+    bootstrap_servers: str
+    group_id: str
+    topics: tuple[str, ...]
+    dead_letter_topic: str
+    max_poll_records: int = 100
+    max_poll_interval_ms: int = 300_000
+    poll_timeout_ms: int = 500
+
+
+class LoopMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.pauses = Counter(
+            "escalate_consumer_pauses",
+            "Times a consumer stage paused because a dependency (broker, database, SMTP relay)"
+            " was unavailable; the records were retried, not dropped.",
+            ["stage", "cause"],
+            registry=registry,
+        )
+
+
+loop_metrics_for = PerRegistry(LoopMetrics)
 
 
 def to_json(model: BaseModel) -> bytes:
     return model.model_dump_json().encode("utf-8")
 
 
-def publish(producer: Any, outgoing: list[Outgoing]) -> None:
+def publish(producer: Any, outgoing: Sequence[Outgoing]) -> None:
     """Send and wait until the broker has acknowledged every message (acks=all)."""
     futures = [producer.send(o.topic, key=o.key, value=o.value) for o in outgoing]
     for future in futures:
         future.get(timeout=PUBLISH_TIMEOUT_S)
 
 
-def rewind(consumer: Any, pending: dict[Any, int]) -> None:
+def poison_letter(stage: Stage, topic: str, record: RecordLike, exc: Exception) -> Outgoing:
+    letter = stage.dead_letters.letter(
+        topic=record.topic,
+        partition=record.partition,
+        offset=record.offset,
+        key=record.key,
+        value=record.value,
+        reason=Reason.failed,
+        detail=f"{stage.name} raised {describe_failure(exc)}",
+        incident_id=stage.incident_of(record),
+    )
+    return Outgoing(topic, record.key, to_json(letter))
+
+
+class _Partition:
+    """Runs one partition's records through the stage, publishing and committing as it goes."""
+
+    def __init__(
+        self,
+        stage: Stage,
+        config: ConsumerConfig,
+        commit: Callable[[RecordLike], None],
+        send: Callable[[Sequence[Outgoing]], None],
+    ) -> None:
+        self.stage = stage
+        self.config = config
+        self.commit = commit
+        self.send = send
+
+    def run(self, records: Sequence[RecordLike], stop: threading.Event) -> bool:
+        """True when every record was finished (handled or dead-lettered)."""
+        done = 0
+        try:
+            for handled in self.stage.handle(records, stop):
+                self.send(handled.outgoing)
+                if handled.records:
+                    last = handled.records[-1]
+                    self.commit(last)
+                    done = sum(1 for r in records if r.offset <= last.offset)
+        except Unavailable:
+            raise
+        except Exception as exc:
+            if _is_kafka_error(exc):
+                raise
+            rest = records[done:]
+            if not rest:
+                # Every record was finished and committed; nothing to set aside or lose.
+                log.error(
+                    "%s failed after its last record: %s", self.stage.name, describe_failure(exc)
+                )
+                return True
+            if self.stage.one_by_one or len(rest) == 1:
+                self._set_aside(rest[0], exc)
+                return self.run(rest[1:], stop) if len(rest) > 1 else True
+            # A batch failed as a whole: try each record alone to find the one at fault.
+            return all(not stop.is_set() and self.run([record], stop) for record in rest)
+        return done == len(records)
+
+    def _set_aside(self, record: RecordLike, exc: Exception) -> None:
+        out = [poison_letter(self.stage, self.config.dead_letter_topic, record, exc)]
+        out += self.stage.on_poison(record, exc)
+        self.send(out)
+        self.commit(record)
+
+
+def _is_kafka_error(exc: BaseException) -> bool:
+    from kafka.errors import KafkaError
+
+    return isinstance(exc, KafkaError)
+
+
+def run_consumer(
+    config: ConsumerConfig,
+    stage: Stage,
+    stop: threading.Event,
+    registry: CollectorRegistry,
+) -> None:
+    """Consume until ``stop`` is set. Blocking: run it in a thread of its own."""
+    from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata
+    from kafka.errors import CommitFailedError, KafkaError
+
+    metrics = loop_metrics_for(registry)
+    consumer = KafkaConsumer(
+        bootstrap_servers=config.bootstrap_servers,
+        group_id=config.group_id,
+        client_id=config.group_id,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        isolation_level="read_committed",
+        max_poll_records=config.max_poll_records,
+        max_poll_interval_ms=config.max_poll_interval_ms,
+    )
+    producer = KafkaProducer(
+        bootstrap_servers=config.bootstrap_servers,
+        client_id=config.group_id,
+        acks="all",
+        enable_idempotence=True,
+    )
+    pause_s = 1.0
+    # Where each partition of the current batch stands: the first offset not yet committed.
+    pending: dict[Any, int] = {}
+
+    def commit(record: RecordLike) -> None:
+        tp = _tp(record)
+        consumer.commit({tp: OffsetAndMetadata(record.offset + 1, "", -1)})
+        pending[tp] = record.offset + 1
+
+    runner = _Partition(stage, config, commit, lambda out: publish(producer, out))
+    try:
+        consumer.subscribe(list(config.topics))
+        log.info(
+            "%s consuming %s as group %s", stage.name, ", ".join(config.topics), config.group_id
+        )
+        while not stop.is_set():
+            batch = consumer.poll(timeout_ms=config.poll_timeout_ms)
+            if not batch:
+                continue
+            pending.clear()
+            pending.update({tp: records[0].offset for tp, records in batch.items() if records})
+            try:
+                for tp, records in batch.items():
+                    if stop.is_set() or not runner.run(records, stop):
+                        break
+                    pending.pop(tp, None)
+                pause_s = 1.0
+            except CommitFailedError as exc:
+                log.warning(
+                    "%s: commit failed, the group rebalanced; re-reading: %s", stage.name, exc
+                )
+            except (Unavailable, KafkaError) as exc:
+                cause = "dependency" if isinstance(exc, Unavailable) else "broker"
+                metrics.pauses.labels(stage=stage.name, cause=cause).inc()
+                log.error("%s paused %.0f s, will retry (%s): %s", stage.name, pause_s, cause, exc)
+                stop.wait(pause_s)
+                pause_s = min(MAX_PAUSE_S, pause_s * 2)
+            finally:
+                _rewind(consumer, pending)
+    finally:
+        consumer.close(autocommit=False)
+        producer.close(timeout=10)
+
+
+def _tp(record: RecordLike) -> Any:
+    from kafka import TopicPartition
+
+    return TopicPartition(record.topic, record.partition)
+
+
+def _rewind(consumer: Any, pending: dict[Any, int]) -> None:
     """Seek back over records that were fetched but not committed, so they are read again."""
     if not pending:
         return

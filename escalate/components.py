@@ -13,6 +13,10 @@ from collections.abc import Callable
 
 from prometheus_client import REGISTRY, start_http_server
 
+from consumers.audit.worker import AuditConfig
+from consumers.notifier.retry import RetryPolicy
+from consumers.notifier.sender import SmtpConfig
+from consumers.notifier.worker import NotifierConfig
 from escalate.settings import Settings
 
 log = logging.getLogger("escalate")
@@ -92,25 +96,54 @@ def run_processors(settings: Settings) -> int:
     return 0
 
 
+def smtp_config(settings: Settings) -> SmtpConfig:
+    return SmtpConfig(
+        host=settings.smtp_host,
+        port=settings.smtp_port,
+        sender=settings.smtp_sender,
+        timeout_s=settings.smtp_timeout_s,
+    )
+
+
+def notifier_config(settings: Settings) -> NotifierConfig:
+    """The notifier's share of the settings; the fallback desk comes from the directory."""
+    from schemas.directory import Directory
+    from schemas.yaml_loader import load_yaml_model
+
+    directory = load_yaml_model(settings.directory_file, Directory)
+    return NotifierConfig(
+        smtp=smtp_config(settings),
+        retry=RetryPolicy(
+            max_attempts=settings.notify_max_attempts, backoff_s=settings.notify_backoff_s
+        ),
+        topic_prefix=settings.topic_prefix,
+        app_id=settings.app_id,
+        fallback_recipients=tuple(directory.city_office.intake_desk_emails),
+    )
+
+
+def audit_config(settings: Settings) -> AuditConfig:
+    return AuditConfig(topic_prefix=settings.topic_prefix, app_id=settings.app_id)
+
+
 def run_notifier(settings: Settings) -> int:
     from consumers.notifier.worker import Notifier
 
-    require_bootstrap(settings)
+    bootstrap = require_bootstrap(settings)
     _serve_metrics(settings, "notifier")
     stop = _stop_event()
-    Notifier(settings, print_deliveries=True).run(stop)
+    Notifier(notifier_config(settings), print_deliveries=True).run(bootstrap, stop)
     return 0
 
 
 def run_audit(settings: Settings) -> int:
-    from consumers.audit.store import migrate
+    from consumers.audit.store import make_engine
     from consumers.audit.worker import AuditWriter
 
-    require_bootstrap(settings)
+    bootstrap = require_bootstrap(settings)
     _serve_metrics(settings, "audit")
-    migrate(settings.database_url)
     stop = _stop_event()
-    AuditWriter(settings).run(stop)
+    AuditWriter(audit_config(settings), make_engine(settings.database_url)).run(bootstrap, stop)
     return 0
 
 

@@ -40,6 +40,11 @@ class DeadLetter(BaseModel):
 
     schema_version: Literal[1] = 1
     source_topic: str
+    incident_id: str | None = Field(
+        default=None,
+        description="The incident the message was about, when that could be told; the audit "
+        "writer records a dead_lettered event on that incident's trail.",
+    )
     partition: int | None = None
     offset: int | None = None
     key: str | None = None

@@ -6,7 +6,16 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-Email = Annotated[str, Field(pattern=r"^[^@\s]+@[^@\s]+$", max_length=254)]
+# One address, nothing that could end a header line or start a second address: no whitespace,
+# control characters, angle brackets, commas or semicolons. The notifier relies on this when it
+# puts the address into the To header.
+Email = Annotated[
+    str,
+    Field(
+        pattern=r'^[^@\s\x00-\x1f\x7f<>(),;:"\\\[\]]+@[^@\s\x00-\x1f\x7f<>(),;:"\\\[\]]+$',
+        max_length=254,
+    ),
+]
 
 
 class Office(BaseModel):

@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.common import Category, Severity, Tier
+from schemas.directory import Email
 from schemas.reports import ReporterContact
 
 
@@ -17,7 +18,7 @@ class Recipient(BaseModel):
 
     tier: Tier
     name: str
-    email: str
+    email: Email
 
 
 class NotificationRequest(BaseModel):

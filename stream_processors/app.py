@@ -1,13 +1,17 @@
 """The faust application: thin agents around the pure classification and routing cores.
 
 Messages travel as raw bytes and are parsed here with the pydantic contracts, so a message that
-does not parse becomes a dead letter with its reason instead of crashing the agent.
+does not parse becomes a dead letter with its reason instead of crashing the agent. A message
+that parses but makes a core raise is dead-lettered too: each agent first computes everything
+it will emit (pure), and only then emits, so a failure leaves no half-written output behind,
+and the agent goes on with the next message. Broker errors while emitting are not caught: they
+are the infrastructure's, and the worker restarts from the last committed transaction.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -15,8 +19,9 @@ import faust
 from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel, ValidationError
 
+from consumers.dead_letters import DeadLetters, Reason, describe_failure
 from escalate.settings import Settings
-from schemas.audit import DeadLetter
+from schemas.ids import incident_id_for_report
 from schemas.incidents import IncidentClassified
 from schemas.reports import ReportSubmitted
 from schemas.topics import (
@@ -51,12 +56,6 @@ class ProcessorMetrics:
             ["tier"],
             registry=registry,
         )
-        self.dead_letters = Counter(
-            "escalate_dead_letters_total",
-            "Messages sent to the dead-letter topic, by stage.",
-            ["stage"],
-            registry=registry,
-        )
         self.unknown_school = Counter(
             "escalate_unknown_school_total",
             "Incidents whose school code is not in the directory.",
@@ -73,6 +72,13 @@ class ProcessorMetrics:
             "Changed policy or directory files that failed validation and were not applied.",
             registry=registry,
         )
+
+
+def _incident_of(key: bytes | None, *, report_key: bool) -> str | None:
+    if not key:
+        return None
+    text = key.decode("utf-8", "replace")
+    return incident_id_for_report(text) if report_key else text
 
 
 def _now() -> datetime:
@@ -153,25 +159,19 @@ def create_app(
             transactional_id=transactional_id,
         )
 
-    async def dead_letter(event: Any, stage: str, reason: str) -> None:
+    letters = {stage: DeadLetters(stage, registry) for stage in ("classify", "route")}
+
+    async def dead_letter(event: Any, stage: str, reason: Reason, detail: str) -> None:
         message = event.message
-        letter = DeadLetter(
-            source_topic=message.topic,
+        letter = letters[stage].letter(
+            topic=message.topic,
             partition=message.partition,
             offset=message.offset,
-            key=(message.key or b"").decode("utf-8", "replace") or None,
-            stage=stage,
+            key=message.key,
+            value=message.value,
             reason=reason,
-            at=_now(),
-            payload=(message.value or b"").decode("utf-8", "replace"),
-        )
-        metrics.dead_letters.labels(stage).inc()
-        log.warning(
-            "dead letter from %s[%s]@%s at stage %s",
-            message.topic,
-            message.partition,
-            message.offset,
-            stage,
+            detail=detail,
+            incident_id=_incident_of(message.key, report_key=stage == "classify"),
         )
         await emit(event, DEAD_LETTER, message.key, letter)
 
@@ -185,32 +185,53 @@ def create_app(
                     raise ValueError("empty message")
                 yield event, model.model_validate_json(event.value)
             except ValidationError as exc:
-                await dead_letter(event, stage, validation_reason(exc))
+                await dead_letter(event, stage, Reason.unparseable, validation_reason(exc))
             except ValueError as exc:
-                await dead_letter(event, stage, f"invalid message: {exc}")
+                await dead_letter(event, stage, Reason.unparseable, f"invalid message: {exc}")
+
+    Output = list[tuple[TopicSpec, bytes, BaseModel]]
+
+    def classified(submitted: ReportSubmitted) -> Output:
+        decision = holder.current().classifier.classify(submitted.report)
+        result = open_incident(submitted, decision, _now())
+        key = result.incident.incident_id.encode("utf-8")
+        metrics.classified.labels(decision.severity.value, decision.category.value).inc()
+        return [(INCIDENTS_CLASSIFIED, key, result.incident), (AUDIT_EVENTS, key, result.audit)]
+
+    def routed(incident: IncidentClassified) -> Output:
+        config = holder.current()
+        plan = plan_notifications(incident, config.policy, config.directory, now=_now())
+        key = incident.incident_id.encode("utf-8")
+        if plan.audit.detail.get("unknown_school"):
+            metrics.unknown_school.inc()
+        out: Output = []
+        for request in plan.notifications:
+            out.append((NOTIFICATIONS_REQUESTED, key, request))
+            metrics.routed.labels(request.recipient.tier.value).inc()
+        out.append((AUDIT_EVENTS, key, plan.audit))
+        return out
+
+    async def run_stage(
+        stream: faust.StreamT[bytes], model: type[M], stage: str, core: Callable[[M], Output]
+    ) -> None:
+        async for event, value in valid(stream, model, stage):
+            try:
+                outputs = core(value)
+            except Exception as exc:
+                # One message must never stop the agent: set it aside with the reason and go on.
+                await dead_letter(
+                    event, stage, Reason.failed, f"{stage} raised {describe_failure(exc)}"
+                )
+                continue
+            for spec, key, model_out in outputs:
+                await emit(event, spec, key, model_out)
 
     @app.agent(reports, name="classify")
     async def classify(stream: faust.StreamT[bytes]) -> None:
-        async for event, submitted in valid(stream, ReportSubmitted, "classify"):
-            config = holder.current()
-            decision = config.classifier.classify(submitted.report)
-            result = open_incident(submitted, decision, _now())
-            key = result.incident.incident_id.encode("utf-8")
-            await emit(event, INCIDENTS_CLASSIFIED, key, result.incident)
-            await emit(event, AUDIT_EVENTS, key, result.audit)
-            metrics.classified.labels(decision.severity.value, decision.category.value).inc()
+        await run_stage(stream, ReportSubmitted, "classify", classified)
 
     @app.agent(incidents, name="route")
     async def route(stream: faust.StreamT[bytes]) -> None:
-        async for event, incident in valid(stream, IncidentClassified, "route"):
-            config = holder.current()
-            plan = plan_notifications(incident, config.policy, config.directory, now=_now())
-            key = incident.incident_id.encode("utf-8")
-            if plan.audit.detail.get("unknown_school"):
-                metrics.unknown_school.inc()
-            for request in plan.notifications:
-                await emit(event, NOTIFICATIONS_REQUESTED, key, request)
-                metrics.routed.labels(request.recipient.tier.value).inc()
-            await emit(event, AUDIT_EVENTS, key, plan.audit)
+        await run_stage(stream, IncidentClassified, "route", routed)
 
     return app

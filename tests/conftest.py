@@ -13,7 +13,6 @@ from tests.services import kafka as kafka_service
 from tests.services import postgres as postgres_service
 
 REPO = Path(__file__).resolve().parents[1]
-SHARED = REPO.parent / "shared"
 
 
 @pytest.fixture(scope="session")

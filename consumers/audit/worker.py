@@ -3,7 +3,13 @@
 Offsets are committed only after the database transaction holding the batch has committed, so
 a crash replays the batch; ``store.record`` skips event ids it already has, making the replay
 harmless. Accepted reports become ``received`` events here (without text or contact details) so
-the trail starts the moment a report is accepted, whatever happens to it downstream.
+the trail starts the moment a report is accepted, whatever happens to it downstream. Dead
+letters of every stage become ``dead_lettered`` events on the trail of their incident, when the
+stage could tell which incident it was.
+
+A database that cannot be reached pauses the writer (nothing is dead-lettered, nothing is lost);
+a row the database refuses, or an event whose recording raises, is dead-lettered and the writer
+goes on with the next one.
 
 Threading model: ``AuditWriter.run(stop)`` blocks until ``stop`` (a ``threading.Event``) is set;
 run it in its own thread.
@@ -14,8 +20,8 @@ from __future__ import annotations
 import logging
 import threading
 from collections import Counter as Tally
-from collections.abc import Iterable
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 from pydantic import ValidationError
@@ -23,18 +29,20 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session
 
-from consumers.audit.store import make_engine, migrate, record
+from consumers.audit.store import migrate, record
+from consumers.dead_letters import DeadLetters, Reason
 from consumers.kafka_io import (
+    ConsumerConfig,
+    Handled,
     Outgoing,
     RecordLike,
-    dead_letter_for,
-    publish,
-    rewind,
+    Unavailable,
+    run_consumer,
+    to_json,
     validation_reason,
 )
 from consumers.metrics_registry import PerRegistry
-from escalate.settings import Settings
-from schemas.audit import AuditEvent, AuditEventType
+from schemas.audit import AuditEvent, AuditEventType, DeadLetter
 from schemas.ids import event_id, incident_id_for_report
 from schemas.reports import ReportSubmitted
 from schemas.topics import AUDIT_EVENTS, DEAD_LETTER, REPORTS_SUBMITTED
@@ -43,11 +51,19 @@ log = logging.getLogger("escalate.audit")
 
 STAGE = "audit"
 RACE_RETRIES = 5
-FAILURE_BACKOFF_S = 2.0
+MAX_REASON_CHARS = 300
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    topic_prefix: str = ""
+    app_id: str = "escalate"
+    max_poll_records: int = 200
+    migrate_on_start: bool = True
 
 
 class AuditMetrics:
-    """Labels come from AuditEventType and a fixed list of reasons only."""
+    """Labels come from AuditEventType only."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.events = Counter(
@@ -60,12 +76,6 @@ class AuditMetrics:
             "escalate_audit_duplicates",
             "Audit events skipped because their event id was already stored (replays).",
             ["event"],
-            registry=registry,
-        )
-        self.dead_letters = Counter(
-            "escalate_audit_dead_letters",
-            "Messages the audit writer sent to the dead-letter topic, by reason.",
-            ["reason"],
             registry=registry,
         )
 
@@ -92,45 +102,70 @@ def received_event(submitted: ReportSubmitted) -> AuditEvent:
     )
 
 
+def dead_lettered_event(letter: DeadLetter) -> AuditEvent | None:
+    """A dead letter on its incident's trail: which stage set which message aside, and why.
+
+    The payload stays in the dead-letter topic; validation reasons name fields, never values.
+    """
+    if letter.incident_id is None:
+        return None
+    return AuditEvent(
+        event_id=event_id(
+            letter.incident_id,
+            AuditEventType.dead_lettered.value,
+            letter.stage,
+            letter.source_topic,
+            str(letter.partition),
+            str(letter.offset),
+        ),
+        incident_id=letter.incident_id,
+        event=AuditEventType.dead_lettered,
+        at=letter.at,
+        detail={
+            "stage": letter.stage,
+            "source_topic": letter.source_topic,
+            "partition": letter.partition,
+            "offset": letter.offset,
+            "reason": letter.reason[:MAX_REASON_CHARS],
+        },
+    )
+
+
 class UnusableMessage(ValueError):
     """A message that can never become an audit event; it goes to the dead-letter topic."""
 
 
 class AuditWriter:
-    """Consumes AUDIT_EVENTS and REPORTS_SUBMITTED into the audit database.
+    """Consumes AUDIT_EVENTS, REPORTS_SUBMITTED and DEAD_LETTER into the audit database."""
 
-    ``engine`` defaults to one built from ``settings.database_url``; ``migrate_on_start`` runs
-    the Alembic migrations before consuming. ``bootstrap_servers`` overrides the settings.
-    """
+    name = STAGE
+    one_by_one = False
 
     def __init__(
         self,
-        settings: Settings,
+        config: AuditConfig,
+        engine: Engine,
         *,
-        bootstrap_servers: str | None = None,
-        engine: Engine | None = None,
         registry: CollectorRegistry = REGISTRY,
-        migrate_on_start: bool = True,
-        poll_timeout_ms: int = 500,
-        max_poll_records: int = 200,
     ) -> None:
-        self.settings = settings
-        self.bootstrap_servers = bootstrap_servers or settings.kafka_bootstrap_servers
-        self.engine = engine if engine is not None else make_engine(settings.database_url)
-        self.migrate_on_start = migrate_on_start
-        self.poll_timeout_ms = poll_timeout_ms
-        self.max_poll_records = max_poll_records
+        self.config = config
+        self.engine = engine
+        self.registry = registry
         self.metrics = metrics_for(registry)
-        prefix = settings.topic_prefix
+        self.dead_letters = DeadLetters(STAGE, registry)
+        prefix = config.topic_prefix
         self.audit_topic = AUDIT_EVENTS.name(prefix)
         self.reports_topic = REPORTS_SUBMITTED.name(prefix)
         self.dead_letter_topic = DEAD_LETTER.name(prefix)
-        self.group_id = f"{settings.app_id}-audit"
+        self.group_id = f"{config.app_id}-audit"
 
     # ---- the core: a batch of records in, rows written, dead letters out ----
 
-    def to_event(self, record: RecordLike) -> AuditEvent:
-        """Parse one record by its topic; UnusableMessage says why it cannot be recorded."""
+    def to_event(self, record: RecordLike) -> AuditEvent | None:
+        """Parse one record by its topic; None when there is nothing to record.
+
+        UnusableMessage says why a record can never be recorded.
+        """
         if record.value is None:
             raise UnusableMessage("empty message (tombstone)")
         try:
@@ -138,6 +173,13 @@ class AuditWriter:
                 return AuditEvent.model_validate_json(record.value)
             if record.topic == self.reports_topic:
                 return received_event(ReportSubmitted.model_validate_json(record.value))
+            if record.topic == self.dead_letter_topic:
+                letter = DeadLetter.model_validate_json(record.value)
+                if letter.source_topic == self.dead_letter_topic:
+                    # A dead letter about a dead letter: recording it could fail the same way
+                    # again, round and round. It stays in the topic, counted, for a person.
+                    return None
+                return dead_lettered_event(letter)
         except ValidationError as exc:
             raise UnusableMessage(validation_reason(exc)) from exc
         raise UnusableMessage(f"unexpected topic {record.topic}")
@@ -145,31 +187,30 @@ class AuditWriter:
     def handle_batch(self, records: Iterable[RecordLike]) -> list[Outgoing]:
         """Write the batch in one transaction; return dead letters still to be published.
 
-        Raises OperationalError (database unreachable) so the caller retries the whole batch.
+        Raises Unavailable when the database cannot be reached, so the batch is retried.
         """
         dead: list[Outgoing] = []
         items: list[tuple[RecordLike, AuditEvent]] = []
         for rec in records:
             try:
-                items.append((rec, self.to_event(rec)))
+                event = self.to_event(rec)
             except UnusableMessage as exc:
-                dead.append(self._dead_letter(rec, "unparseable", str(exc)))
+                dead.append(self._letter(rec, Reason.unparseable, str(exc)))
+                continue
+            if event is not None:
+                items.append((rec, event))
         if not items:
             return dead
         try:
             self._write([event for _, event in items])
-        except OperationalError:
-            raise
         except (DBAPIError, SQLAlchemyError):
             # Something in the batch is unacceptable to the database: find it, write the rest.
             for rec, event in items:
                 try:
                     self._write([event])
-                except OperationalError:
-                    raise
                 except (DBAPIError, SQLAlchemyError) as exc:
                     reason = f"database rejected the event: {type(exc).__name__}"
-                    dead.append(self._dead_letter(rec, "rejected", reason))
+                    dead.append(self._letter(rec, Reason.rejected, reason))
         return dead
 
     def _write(self, events: list[AuditEvent]) -> None:
@@ -181,6 +222,9 @@ class AuditWriter:
                 with Session(self.engine) as session, session.begin():
                     for event in events:
                         (written if record(session, event) else skipped)[event.event.value] += 1
+            except OperationalError as exc:
+                # Never str(exc) for database errors: SQLAlchemy puts the bound parameters in it.
+                raise Unavailable(f"audit database unavailable: {type(exc).__name__}") from exc
             except IntegrityError:
                 if attempt == RACE_RETRIES:
                     raise
@@ -192,77 +236,42 @@ class AuditWriter:
                 self.metrics.duplicates.labels(event=name).inc(count)
             return
 
-    def _dead_letter(self, record: RecordLike, label: str, reason: str) -> Outgoing:
-        self.metrics.dead_letters.labels(reason=label).inc()
-        log.warning(
-            "dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
+    def _letter(self, record: RecordLike, reason: Reason, detail: str) -> Outgoing:
+        letter = self.dead_letters.letter(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            value=record.value,
+            reason=reason,
+            detail=detail,
+            incident_id=self.incident_of(record),
         )
-        return dead_letter_for(record, self.dead_letter_topic, STAGE, reason)
+        return Outgoing(self.dead_letter_topic, record.key, to_json(letter))
 
-    # ---- the Kafka loop ----
+    # ---- the stage, as the consumer loop sees it ----
 
-    def run(self, stop: threading.Event) -> None:
+    def handle(self, records: Sequence[RecordLike], stop: threading.Event) -> Iterator[Handled]:
+        yield Handled(records, self.handle_batch(records))
+
+    def incident_of(self, record: RecordLike) -> str | None:
+        if record.key is None or record.topic == self.dead_letter_topic:
+            return None
+        key = record.key.decode("utf-8", "replace")
+        return incident_id_for_report(key) if record.topic == self.reports_topic else key
+
+    def on_poison(self, record: RecordLike, exc: Exception) -> list[Outgoing]:
+        return []
+
+    def run(self, bootstrap_servers: str, stop: threading.Event) -> None:
         """Consume until ``stop`` is set. Blocking: run it in a thread of its own."""
-        if not self.bootstrap_servers:
-            raise ValueError("AuditWriter needs Kafka bootstrap servers")
-        from kafka import KafkaConsumer, KafkaProducer
-
-        if self.migrate_on_start:
+        if self.config.migrate_on_start:
             migrate(self.engine)
-        consumer = KafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers,
+        config = ConsumerConfig(
+            bootstrap_servers=bootstrap_servers,
             group_id=self.group_id,
-            client_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            max_poll_records=self.max_poll_records,
+            topics=(self.audit_topic, self.reports_topic, self.dead_letter_topic),
+            dead_letter_topic=self.dead_letter_topic,
+            max_poll_records=self.config.max_poll_records,
         )
-        producer = KafkaProducer(
-            bootstrap_servers=self.bootstrap_servers,
-            client_id=self.group_id,
-            acks="all",
-            enable_idempotence=True,
-        )
-        try:
-            consumer.subscribe([self.audit_topic, self.reports_topic])
-            log.info(
-                "audit writer consuming %s, %s as group %s",
-                self.audit_topic,
-                self.reports_topic,
-                self.group_id,
-            )
-            while not stop.is_set():
-                batch = consumer.poll(timeout_ms=self.poll_timeout_ms)
-                if batch:
-                    self._process_batch(consumer, producer, batch, stop)
-        finally:
-            consumer.close(autocommit=False)
-            producer.close(timeout=10)
-
-    def _process_batch(
-        self, consumer: Any, producer: Any, batch: dict[Any, list[Any]], stop: threading.Event
-    ) -> None:
-        from kafka import OffsetAndMetadata
-        from kafka.errors import CommitFailedError, KafkaError
-
-        pending = {tp: records[0].offset for tp, records in batch.items() if records}
-        try:
-            dead = self.handle_batch(r for records in batch.values() for r in records)
-            publish(producer, dead)
-            consumer.commit(
-                {
-                    tp: OffsetAndMetadata(records[-1].offset + 1, "", -1)
-                    for tp, records in batch.items()
-                    if records
-                }
-            )
-            pending.clear()
-        except CommitFailedError as exc:
-            log.warning("commit failed, the group rebalanced; will re-read: %s", exc)
-        except (KafkaError, SQLAlchemyError) as exc:
-            # Never str(exc) for database errors: SQLAlchemy puts the bound parameters in it.
-            log.error("audit batch not stored, will retry: %s", type(exc).__name__)
-            stop.wait(FAILURE_BACKOFF_S)
-        finally:
-            rewind(consumer, pending)
+        run_consumer(config, self, stop, self.registry)

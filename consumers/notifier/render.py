@@ -2,14 +2,21 @@
 
 Pure: no clock, no network. The Message-ID is derived from the incident, recipient and step so a
 redelivered request produces the same message id and mail clients can fold duplicates.
+
+Total: every value the NotificationRequest contract accepts renders (the property tests in
+tests/unit/test_render_properties.py hold it to that). Dates that cannot be moved to Hanoi time
+are shown as given; a value meant for one line (a name, a school) shows its line breaks and
+control characters escaped, so it can never fake a line of its own ("Severity: LOW") in the body.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import unicodedata
 from datetime import UTC, datetime, timedelta, timezone
 from email import policy as email_policy
+from email.errors import MessageError
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -34,9 +41,41 @@ def short_incident_id(incident_id: str) -> str:
     return incident_id[:SHORT_ID_CHARS].rstrip("-_.:")
 
 
+# Bidi overrides and isolates reorder what a reader sees (the "Trojan source" trick).
+_BIDI = frozenset("\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
+
+def _escape(char: str) -> str:
+    if char == "\n":
+        return "\\n"
+    if char == "\r":
+        return "\\r"
+    if char == "\t":
+        return "\\t"
+    return f"\\u{ord(char):04x}"
+
+
+def _unsafe(char: str, keep: str) -> bool:
+    """Control, line-separating, bidi-reordering or unpaired-surrogate characters."""
+    if char in keep:
+        return False
+    return char in _BIDI or unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp")
+
+
+def _inline(text: str) -> str:
+    """A value for a line of its own: every line break and control character shown escaped."""
+    return "".join(_escape(c) if _unsafe(c, "") else c for c in text)
+
+
+def _block(text: str) -> str:
+    """Free text (the report): its own line breaks and tabs kept, other controls escaped."""
+    text = text.replace("\r\n", "\n")
+    return "".join(_escape(c) if _unsafe(c, "\n\t") else c for c in text)
+
+
 def _one_line(text: str) -> str:
     """Header values must not carry line breaks (header injection); collapse all whitespace."""
-    return _WS.sub(" ", text).strip()
+    return _inline(_WS.sub(" ", text).strip())
 
 
 def _when(value: datetime | None) -> str:
@@ -44,8 +83,13 @@ def _when(value: datetime | None) -> str:
         return "không rõ / unknown"
     if value.tzinfo is None:
         value = value.replace(tzinfo=UTC)
-    local = value.astimezone(HANOI).strftime("%Y-%m-%d %H:%M")
-    utc = value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    try:
+        local = value.astimezone(HANOI).strftime("%Y-%m-%d %H:%M")
+        utc = value.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, ValueError):
+        # Near year 1 or 9999 the shift to another offset leaves datetime's range; the value
+        # is still a fact worth showing, exactly as it was given.
+        return f"{value.isoformat()} (như đã nhận / as received)"
     return f"{local} (giờ Hà Nội / Hanoi time, UTC+7) — {utc}"
 
 
@@ -55,6 +99,7 @@ def render_subject(req: NotificationRequest) -> str:
     if req.step > 0:
         tags += f"[STEP {req.step}]"
     school = req.school_name if not req.unknown_school else f"{req.school_name} (?)"
+    # category and severity are enums; everything else may hold anything the contract allows
     return _one_line(
         f"{tags} {req.category.value} — {school} — {short_incident_id(req.incident_id)}"
     )
@@ -63,12 +108,14 @@ def render_subject(req: NotificationRequest) -> str:
 def _reports_block(req: NotificationRequest) -> list[str]:
     if len(req.report_ids) == len(req.tracking_codes):
         return [
-            f"  - {rid} (mã theo dõi / tracking code: {code})"
+            f"  - {_inline(rid)} (mã theo dõi / tracking code: {_inline(code)})"
             for rid, code in zip(req.report_ids, req.tracking_codes, strict=True)
         ]
-    lines = [f"  - {rid}" for rid in req.report_ids]
+    lines = [f"  - {_inline(rid)}" for rid in req.report_ids]
     if req.tracking_codes:
-        lines.append("  Mã theo dõi / tracking codes: " + ", ".join(req.tracking_codes))
+        lines.append(
+            "  Mã theo dõi / tracking codes: " + ", ".join(map(_inline, req.tracking_codes))
+        )
     return lines
 
 
@@ -80,11 +127,11 @@ def _contact_block(req: NotificationRequest) -> list[str]:
         return ["Liên hệ người báo cáo / Reporter contact: không kèm theo / not included"]
     lines = ["Liên hệ người báo cáo / Reporter contact (thông tin nhạy cảm / sensitive):"]
     if contact.name:
-        lines.append(f"  Tên / Name: {contact.name}")
+        lines.append(f"  Tên / Name: {_inline(contact.name)}")
     if contact.phone:
-        lines.append(f"  Điện thoại / Phone: {contact.phone}")
+        lines.append(f"  Điện thoại / Phone: {_inline(contact.phone)}")
     if contact.email:
-        lines.append(f"  Email: {contact.email}")
+        lines.append(f"  Email: {_inline(contact.email)}")
     return lines
 
 
@@ -101,12 +148,12 @@ def render_body(req: NotificationRequest) -> str:
         "CẢNH BÁO SỰ CỐ AN TOÀN TRỰC TUYẾN / ONLINE-SAFETY INCIDENT ALERT",
         notice,
         "",
-        f"Gửi / To: {req.recipient.name} ({req.recipient.tier.value})",
-        f"Mã sự cố / Incident: {req.incident_id}",
+        f"Gửi / To: {_inline(req.recipient.name)} ({req.recipient.tier.value})",
+        f"Mã sự cố / Incident: {_inline(req.incident_id)}",
         f"Mức độ / Severity: {req.severity.value.upper()}",
         f"Loại / Category: {req.category.value}",
-        f"Trường / School: {req.school_name} (mã / code: {req.school_code})",
-        f"Quận, huyện / District: {req.district_name or 'không rõ / unknown'}",
+        f"Trường / School: {_inline(req.school_name)} (mã / code: {_inline(req.school_code)})",
+        f"Quận, huyện / District: {_inline(req.district_name or 'không rõ / unknown')}",
     ]
     flags = []
     if req.immediate_danger:
@@ -130,17 +177,17 @@ def render_body(req: NotificationRequest) -> str:
         f"Hạn xác nhận / Acknowledge by: {_when(req.ack_due_at)}",
         "",
         "Nội dung báo cáo / What happened:",
-        req.description,
+        _block(req.description),
         "",
         "Các báo cáo / Reports covered:",
         *_reports_block(req),
         "",
         "Lý do phân loại / Why it was classified this way:",
-        *([f"  - {reason}" for reason in req.reasons] or ["  - (không có / none given)"]),
-        f"Phiên bản quy tắc / Rules version: {req.rules_version}",
+        *([f"  - {_inline(reason)}" for reason in req.reasons] or ["  - (không có / none given)"]),
+        f"Phiên bản quy tắc / Rules version: {_inline(req.rules_version)}",
         "",
         "Bằng chứng / Evidence:",
-        *([f"  - {url}" for url in req.evidence_urls] or ["  - (không có / none)"]),
+        *([f"  - {_inline(url)}" for url in req.evidence_urls] or ["  - (không có / none)"]),
         "",
         *_contact_block(req),
         "",
@@ -153,8 +200,9 @@ def render_body(req: NotificationRequest) -> str:
 def _address(name: str, email: str) -> Address | str:
     try:
         return Address(display_name=_one_line(name), addr_spec=email)
-    except (ValueError, IndexError):
-        # An address the header parser dislikes still gets delivered by its bare form.
+    except (ValueError, IndexError, MessageError):
+        # An address the header parser dislikes still gets delivered by its bare form (the
+        # contract keeps line breaks and a second address out of it).
         return email
 
 
@@ -184,4 +232,48 @@ def render_email(
         msg["Importance"] = "high"
         msg["X-Priority"] = "1"
     msg.set_content(render_body(req), charset="utf-8")
+    return msg
+
+
+def fallback_message_id(incident_id: str) -> str:
+    """One id per incident: however many of its notifications fail, the desk's mail client
+    folds the fallback mails into one."""
+    raw = f"{incident_id}|fallback"
+    return f"<{hashlib.sha256(raw.encode('utf-8')).hexdigest()[:32]}@escalate.local>"
+
+
+def render_fallback_email(
+    incident_id: str, severity: Severity, sender: str, recipients: list[str]
+) -> EmailMessage:
+    """The plain mail to the city intake desk when a critical notification was dead-lettered.
+
+    It carries only the incident id and severity: the message that failed may be the very thing
+    that cannot be rendered, and the desk reads the details from the dead-letter topic.
+    """
+    msg = EmailMessage(policy=MAIL_POLICY)
+    msg["From"] = sender
+    msg["To"] = ", ".join(recipients)
+    msg["Subject"] = _one_line(
+        f"[ESCALATE][{severity.value.upper()}] Không gửi được thông báo / Notification"
+        f" not delivered — {short_incident_id(incident_id)}"
+    )
+    msg["Message-ID"] = fallback_message_id(incident_id)
+    msg["Auto-Submitted"] = "auto-generated"
+    msg["X-Escalate-Incident"] = _one_line(incident_id)
+    msg["X-Escalate-Severity"] = severity.value
+    msg["Importance"] = "high"
+    msg["X-Priority"] = "1"
+    body = [
+        "MỘT THÔNG BÁO VỀ SỰ CỐ NGHIÊM TRỌNG KHÔNG GỬI ĐƯỢC",
+        "A NOTIFICATION ABOUT A CRITICAL INCIDENT COULD NOT BE DELIVERED",
+        "",
+        f"Mã sự cố / Incident: {_inline(incident_id)}",
+        f"Mức độ / Severity: {severity.value.upper()}",
+        "",
+        "Ít nhất một người nhận chưa được báo. Hãy xem hàng đợi thư lỗi (deadletter.v1) và"
+        " liên hệ trực tiếp các đơn vị liên quan.",
+        "At least one recipient was not told. Read the dead-letter topic (deadletter.v1) and"
+        " contact the offices concerned directly.",
+    ]
+    msg.set_content("\n".join(body) + "\n", charset="utf-8")
     return msg

@@ -8,25 +8,40 @@ of being hammered until the attempts run out.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import format_datetime
 
 import aiosmtplib
 
-from escalate.settings import Settings
 from schemas.common import utcnow
 
 MAX_ERROR_CHARS = 300
 
 
-class SendError(Exception):
-    """A delivery attempt failed. ``transient`` tells the caller whether trying again may help."""
+@dataclass(frozen=True)
+class SmtpConfig:
+    """Where mail goes and who it comes from."""
 
-    def __init__(self, reason: str, *, transient: bool, code: int | None = None) -> None:
+    host: str | None
+    port: int = 25
+    sender: str = "escalate@localhost"
+    timeout_s: float = 15.0
+
+
+class SendError(Exception):
+    """A delivery attempt failed. ``transient`` tells the caller whether trying again may help;
+    ``unreachable`` that the relay itself could not be reached, which says nothing about this
+    message: the notifier then waits for the relay instead of giving the message up."""
+
+    def __init__(
+        self, reason: str, *, transient: bool, code: int | None = None, unreachable: bool = False
+    ) -> None:
         super().__init__(reason[:MAX_ERROR_CHARS])
         self.reason = reason[:MAX_ERROR_CHARS]
         self.transient = transient
         self.code = code
+        self.unreachable = unreachable
 
     @property
     def kind(self) -> str:
@@ -56,6 +71,8 @@ def classify(exc: BaseException) -> SendError:
             transient=transient,
             code=max(codes) if codes else None,
         )
+    if isinstance(exc, aiosmtplib.SMTPConnectError | aiosmtplib.SMTPConnectTimeoutError):
+        return SendError(f"relay unreachable: {exc}", transient=True, unreachable=True)
     if isinstance(exc, aiosmtplib.SMTPRecipientRefused):
         return _from_code(exc.code, exc.message, f"recipient {exc.recipient} refused")
     if isinstance(exc, aiosmtplib.SMTPTimeoutError | asyncio.TimeoutError | TimeoutError):
@@ -64,8 +81,10 @@ def classify(exc: BaseException) -> SendError:
         return _from_code(exc.code, exc.message, type(exc).__name__)
     if isinstance(exc, aiosmtplib.SMTPNotSupported):
         return SendError(f"not supported by the relay: {exc}", transient=False)
+    if isinstance(exc, ConnectionRefusedError):
+        return SendError(f"relay unreachable: {exc}", transient=True, unreachable=True)
     if isinstance(exc, aiosmtplib.SMTPException | OSError):
-        # Connection refused or reset, server disconnected, DNS hiccup: the relay may come back.
+        # Connection reset, server disconnected, DNS hiccup: the relay may come back.
         return SendError(f"{type(exc).__name__}: {exc}", transient=True)
     if isinstance(exc, ValueError):
         # aiosmtplib rejects addresses it cannot put on the wire; retrying will not fix them.
@@ -73,21 +92,21 @@ def classify(exc: BaseException) -> SendError:
     return SendError(f"{type(exc).__name__}: {exc}", transient=True)
 
 
-async def send(msg: EmailMessage, settings: Settings) -> None:
-    """Send ``msg`` to ``settings.smtp_host:smtp_port``; raise SendError on any failure.
+async def send(msg: EmailMessage, smtp: SmtpConfig) -> None:
+    """Send ``msg`` to ``smtp.host:smtp.port``; raise SendError on any failure.
 
     STARTTLS is used when the relay offers it (aiosmtplib's default), plain SMTP otherwise.
     """
-    if not settings.smtp_host:
+    if not smtp.host:
         raise SendError("no SMTP host configured (ESCALATE_SMTP_HOST)", transient=False)
     if "Date" not in msg:
         msg["Date"] = format_datetime(utcnow())
     try:
         await aiosmtplib.send(
             msg,
-            hostname=settings.smtp_host,
-            port=settings.smtp_port,
-            timeout=settings.smtp_timeout_s,
+            hostname=smtp.host,
+            port=smtp.port,
+            timeout=smtp.timeout_s,
         )
     except Exception as exc:
         raise classify(exc) from exc

@@ -5,6 +5,11 @@ on failure, a DeadLetter) is written and acknowledged by the broker before the r
 is committed. A crash in between means the request is handled again; the Message-ID and every
 event id are deterministic, so mail clients and the audit writer recognise the repeat.
 
+A request that cannot be delivered (refused for good, or one whose handling raised) is
+dead-lettered and, when its incident is critical, the city office's intake desk gets a plain
+mail with only the incident id and severity: a dead letter must still reach a person. A relay
+that cannot be reached at all is not the request's fault: the notifier pauses and tries again.
+
 Threading model: ``Notifier.run(stop)`` is a blocking loop meant for its own thread; it returns
 soon after ``stop`` (a ``threading.Event``) is set, also cutting short any retry backoff. SMTP
 sends are async (aiosmtplib) and run on a private event loop owned by the notifier.
@@ -13,45 +18,59 @@ sends are async (aiosmtplib) and run on a private event loop owned by the notifi
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import threading
-import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from email.message import EmailMessage
-from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from pydantic import ValidationError
 
+from consumers.dead_letters import DeadLetters, Reason
 from consumers.kafka_io import (
+    ConsumerConfig,
+    Handled,
     Outgoing,
     RecordLike,
-    dead_letter_for,
-    publish,
-    rewind,
+    Unavailable,
+    run_consumer,
     to_json,
     validation_reason,
 )
 from consumers.metrics_registry import PerRegistry
-from consumers.notifier.render import message_id_for, render_email
-from consumers.notifier.sender import SendError, classify, send
-from escalate.settings import Settings
-from schemas.audit import AuditEvent, AuditEventType
+from consumers.notifier.delivery import delivery_outcome, fallback_audit
+from consumers.notifier.render import render_email, render_fallback_email
+from consumers.notifier.retry import RetryPolicy, Stopped, deliver_with_retries
+from consumers.notifier.sender import SendError, SmtpConfig, send
 from schemas.common import Severity, Tier, utcnow
-from schemas.ids import event_id
-from schemas.notifications import DeliveryResult, DeliveryStatus, NotificationRequest
+from schemas.notifications import DeliveryStatus, NotificationRequest
 from schemas.topics import AUDIT_EVENTS, DEAD_LETTER, NOTIFICATIONS_REQUESTED, NOTIFICATIONS_RESULTS
 
 log = logging.getLogger("escalate.notifier")
 
 STAGE = "notifier"
-MAX_BACKOFF_S = 300.0
 
-SendFn = Callable[[EmailMessage, Settings], Awaitable[None]]
+SendFn = Callable[[EmailMessage, SmtpConfig], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class NotifierConfig:
+    """Everything the notifier needs, and nothing else (the composition root fills it in)."""
+
+    smtp: SmtpConfig
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    topic_prefix: str = ""
+    app_id: str = "escalate"
+    #: who hears of a dead-lettered notification about a critical incident (the city office's
+    #: intake desk in the directory)
+    fallback_recipients: tuple[str, ...] = ()
+    max_poll_records: int = 10
 
 
 class NotifierMetrics:
-    """Counters with labels from fixed vocabularies only (tier, status, reason): never ids."""
+    """Counters with labels from fixed vocabularies only (tier, status, outcome): never ids."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.notifications = Counter(
@@ -79,12 +98,15 @@ class NotifierMetrics:
             ["tier"],
             registry=registry,
         )
-        self.dead_letters = Counter(
-            "escalate_notifier_dead_letters",
-            "Messages the notifier sent to the dead-letter topic, by reason.",
-            ["reason"],
+        self.fallback = Counter(
+            "escalate_fallback_mails",
+            "Plain mails to the city intake desk about dead-lettered critical notifications,"
+            " by outcome (delivered, failed, no_recipient).",
+            ["outcome"],
             registry=registry,
         )
+        for outcome in ("delivered", "failed", "no_recipient"):
+            self.fallback.labels(outcome=outcome)
 
 
 metrics_for = PerRegistry(NotifierMetrics)
@@ -95,97 +117,91 @@ def _print_line(line: str) -> None:
     print(line, flush=True)
 
 
+def _lenient_facts(value: bytes | None) -> tuple[str | None, Severity | None]:
+    """Incident id and severity from a request that failed to parse or to be handled.
+
+    A message broken elsewhere may still say it is critical, and then the desk must hear of it.
+    """
+    try:
+        data = json.loads(value or b"")
+    except (ValueError, RecursionError):
+        return None, None
+    if not isinstance(data, dict):
+        return None, None
+    incident = data.get("incident_id")
+    severity = data.get("severity")
+    critical = severity == Severity.critical.value or data.get("immediate_danger") is True
+    return (
+        incident if isinstance(incident, str) else None,
+        Severity.critical if critical else None,
+    )
+
+
 class Notifier:
     """Consumes NOTIFICATIONS_REQUESTED and delivers each request by e-mail.
 
-    ``bootstrap_servers`` overrides ``settings.kafka_bootstrap_servers`` (the composition root
-    passes the local broker's address when it started one). ``send_fn`` replaces the SMTP send
-    in tests. ``console`` receives the one-line summaries when ``print_deliveries`` is on.
+    ``send_fn`` replaces the SMTP send in tests. ``console`` receives the one-line summaries when
+    ``print_deliveries`` is on.
     """
+
+    name = STAGE
+    one_by_one = True
 
     def __init__(
         self,
-        settings: Settings,
+        config: NotifierConfig,
         *,
-        bootstrap_servers: str | None = None,
         registry: CollectorRegistry = REGISTRY,
         print_deliveries: bool = False,
         console: Callable[[str], None] = _print_line,
         send_fn: SendFn = send,
-        poll_timeout_ms: int = 500,
-        max_poll_records: int = 10,
     ) -> None:
-        self.settings = settings
-        self.bootstrap_servers = bootstrap_servers or settings.kafka_bootstrap_servers
+        self.config = config
+        self.registry = registry
         self.print_deliveries = print_deliveries
         self.console = console
         self.send_fn = send_fn
-        self.poll_timeout_ms = poll_timeout_ms
-        self.max_poll_records = max_poll_records
         self.metrics = metrics_for(registry)
-        prefix = settings.topic_prefix
+        self.dead_letters = DeadLetters(STAGE, registry)
+        prefix = config.topic_prefix
         self.source_topic = NOTIFICATIONS_REQUESTED.name(prefix)
         self.results_topic = NOTIFICATIONS_RESULTS.name(prefix)
         self.audit_topic = AUDIT_EVENTS.name(prefix)
         self.dead_letter_topic = DEAD_LETTER.name(prefix)
-        self.group_id = f"{settings.app_id}-notifier"
+        self.group_id = f"{config.app_id}-notifier"
         self._runner: asyncio.Runner | None = None
 
-    # ---- the core: one record in, the messages to publish out ----
+    # ---- one request ----
 
-    def handle(
+    def deliver(
         self, record: RecordLike, stop: threading.Event | None = None
     ) -> list[Outgoing] | None:
         """Deliver one request and return what must be published before committing its offset.
 
         Returns None when ``stop`` was set during a retry backoff: the request is left
-        uncommitted so the next run picks it up again.
+        uncommitted so the next run picks it up again. Raises Unavailable when the relay
+        could not be reached in any attempt.
         """
         if record.value is None:
-            return [self._dead_letter(record, "unparseable", "empty message (tombstone)")]
+            return self._unusable(record, "empty message (tombstone)")
         try:
             req = NotificationRequest.model_validate_json(record.value)
         except ValidationError as exc:
-            return [self._dead_letter(record, "unparseable", validation_reason(exc))]
+            return self._unusable(record, validation_reason(exc))
 
-        outcome = self._deliver(req, stop)
-        if outcome is None:
-            return None
-        attempts, error = outcome
-        return self._outcome_messages(record, req, attempts, error)
-
-    def _dead_letter(self, record: RecordLike, label: str, reason: str) -> Outgoing:
-        self.metrics.dead_letters.labels(reason=label).inc()
-        log.warning(
-            "dead-lettered %s[%d]@%d: %s", record.topic, record.partition, record.offset, reason
-        )
-        return dead_letter_for(record, self.dead_letter_topic, STAGE, reason)
-
-    def _deliver(
-        self, req: NotificationRequest, stop: threading.Event | None
-    ) -> tuple[int, SendError | None] | None:
-        """Try up to notify_max_attempts times with exponential backoff.
-
-        Returns (attempts, None) on success, (attempts, error) on giving up, None if stopped.
-        """
+        msg = render_email(req, self.config.smtp.sender)
         tier = req.recipient.tier.value
-        max_attempts = max(1, self.settings.notify_max_attempts)
-        msg = render_email(req, self.settings.smtp_sender)
-        attempt = 0
-        while True:
-            attempt += 1
-            started = time.monotonic()
-            try:
-                self._run_async(self.send_fn(msg, self.settings))
-            except Exception as exc:
-                error = classify(exc)
-                self.metrics.send_seconds.labels(tier=tier).observe(time.monotonic() - started)
-                self.metrics.attempts.labels(tier=tier, outcome=error.kind).inc()
+
+        def observe(attempt: int, error: SendError | None) -> None:
+            self.metrics.attempts.labels(
+                tier=tier, outcome=error.kind if error else "delivered"
+            ).inc()
+            if error is not None:
                 log.warning(
                     "attempt %d/%d to notify incident=%s tier=%s recipient=%s step=%d failed"
                     " (%s): %s",
                     attempt,
-                    max_attempts,
+                    self.config.retry.attempts,
                     req.incident_id,
                     tier,
                     req.recipient.email,
@@ -193,18 +209,43 @@ class Notifier:
                     error.kind,
                     error.reason,
                 )
-                if not error.transient or attempt >= max_attempts:
-                    return attempt, error
-                delay = min(MAX_BACKOFF_S, self.settings.notify_backoff_s * 2.0 ** (attempt - 1))
-                if stop is not None:
-                    if stop.wait(delay):
-                        return None
-                else:
-                    time.sleep(delay)
-                continue
-            self.metrics.send_seconds.labels(tier=tier).observe(time.monotonic() - started)
-            self.metrics.attempts.labels(tier=tier, outcome="delivered").inc()
-            return attempt, None
+
+        try:
+            with self.metrics.send_seconds.labels(tier=tier).time():
+                attempts = deliver_with_retries(
+                    lambda: self._run_async(self.send_fn(msg, self.config.smtp)),
+                    self.config.retry,
+                    wait=(stop or threading.Event()).wait,
+                    observe=observe,
+                )
+        except Stopped:
+            return None
+        if attempts.error is not None and attempts.error.unreachable:
+            raise Unavailable(f"SMTP relay unreachable: {attempts.error.reason}")
+        return self._outcome_messages(record, req, attempts.count, attempts.error)
+
+    def _unusable(self, record: RecordLike, reason: str) -> list[Outgoing]:
+        incident = self.incident_of(record)
+        _, severity = _lenient_facts(record.value)
+        out = [self._letter(record, Reason.unparseable, reason, incident)]
+        if severity is Severity.critical and incident:
+            out += self._fallback(incident, severity)
+        return out
+
+    def _letter(
+        self, record: RecordLike, reason: Reason, detail: str, incident_id: str | None
+    ) -> Outgoing:
+        letter = self.dead_letters.letter(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            value=record.value,
+            reason=reason,
+            detail=detail,
+            incident_id=incident_id,
+        )
+        return Outgoing(self.dead_letter_topic, record.key, to_json(letter))
 
     def _run_async(self, coro: Awaitable[None]) -> None:
         if self._runner is None:
@@ -214,51 +255,16 @@ class Notifier:
     def _outcome_messages(
         self, record: RecordLike, req: NotificationRequest, attempts: int, error: SendError | None
     ) -> list[Outgoing]:
-        now = utcnow()
-        message_id = message_id_for(req)
-        status = DeliveryStatus.delivered if error is None else DeliveryStatus.failed
-        result = DeliveryResult(
-            notification_id=req.notification_id,
-            incident_id=req.incident_id,
-            tier=req.recipient.tier,
-            recipient_email=req.recipient.email,
-            step=req.step,
-            status=status,
-            attempts=attempts,
-            at=now,
-            message_id=message_id,
-            error=None if error is None else error.reason,
-        )
-        event_type = AuditEventType.notified if error is None else AuditEventType.notify_failed
-        # Only routing facts: never the description or the reporter's contact details.
-        detail: dict[str, Any] = {
-            "tier": req.recipient.tier.value,
-            "recipient": req.recipient.email,
-            "message_id": message_id,
-            "step": req.step,
-            "attempts": attempts,
-            "notification_id": req.notification_id,
-            "severity": req.severity.value,
-        }
-        if error is not None:
-            detail["error"] = error.reason
-            detail["error_kind"] = error.kind
-        audit = AuditEvent(
-            event_id=event_id(req.incident_id, event_type.value, req.notification_id),
-            incident_id=req.incident_id,
-            event=event_type,
-            at=now,
-            report_ids=req.report_ids,
-            tracking_codes=req.tracking_codes,
-            detail=detail,
-        )
+        outcome = delivery_outcome(req, attempts, error, utcnow())
         key = req.incident_id.encode("utf-8")
         out = [
-            Outgoing(self.results_topic, key, to_json(result)),
-            Outgoing(self.audit_topic, key, to_json(audit)),
+            Outgoing(self.results_topic, key, to_json(outcome.result)),
+            Outgoing(self.audit_topic, key, to_json(outcome.audit)),
         ]
         self.metrics.notifications.labels(
-            tier=req.recipient.tier.value, severity=req.severity.value, status=status.value
+            tier=req.recipient.tier.value,
+            severity=req.severity.value,
+            status=outcome.result.status.value,
         ).inc()
         if error is None:
             log.info(
@@ -268,25 +274,53 @@ class Notifier:
                 req.recipient.email,
                 req.step,
                 attempts,
-                message_id,
+                outcome.result.message_id,
             )
             self._say(req, "notified")
-        else:
-            out.append(
-                self._dead_letter(record, "notify_failed", f"notification failed: {error.reason}")
-            )
-            log.error(
-                "gave up notifying incident=%s tier=%s recipient=%s step=%d after %d attempt(s)"
-                " (%s)",
+            return out
+        out.append(
+            self._letter(
+                record,
+                Reason.undeliverable,
+                f"notification failed: {error.reason}",
                 req.incident_id,
-                req.recipient.tier.value,
-                req.recipient.email,
-                req.step,
-                attempts,
-                error.kind,
             )
-            self._say(req, f"FAILED ({error.kind}) to notify")
+        )
+        log.error(
+            "gave up notifying incident=%s tier=%s recipient=%s step=%d after %d attempt(s) (%s)",
+            req.incident_id,
+            req.recipient.tier.value,
+            req.recipient.email,
+            req.step,
+            attempts,
+            error.kind,
+        )
+        self._say(req, f"FAILED ({error.kind}) to notify")
+        if req.severity is Severity.critical or req.immediate_danger:
+            out += self._fallback(req.incident_id, Severity.critical)
         return out
+
+    def _fallback(self, incident_id: str, severity: Severity) -> list[Outgoing]:
+        """Tell the intake desk, in a mail that cannot fail to render, that a person is missing."""
+        recipients = list(self.config.fallback_recipients)
+        if not recipients:
+            self.metrics.fallback.labels(outcome="no_recipient").inc()
+            log.error("no fallback recipient configured for incident=%s", incident_id)
+            return []
+        msg = render_fallback_email(incident_id, severity, self.config.smtp.sender, recipients)
+        attempts = deliver_with_retries(
+            lambda: self._run_async(self.send_fn(msg, self.config.smtp)),
+            RetryPolicy(max_attempts=3, backoff_s=self.config.retry.backoff_s),
+            wait=threading.Event().wait,
+        )
+        delivered = attempts.error is None
+        self.metrics.fallback.labels(outcome="delivered" if delivered else "failed").inc()
+        if delivered:
+            log.warning("intake desk told of undelivered notification, incident=%s", incident_id)
+        else:
+            log.error("could not tell the intake desk either, incident=%s", incident_id)
+        audit = fallback_audit(incident_id, severity, recipients, delivered, utcnow())
+        return [Outgoing(self.audit_topic, incident_id.encode("utf-8"), to_json(audit))]
 
     def _say(self, req: NotificationRequest, verb: str) -> None:
         if self.print_deliveries:
@@ -295,80 +329,53 @@ class Notifier:
                 f" {req.incident_id} ({req.severity.value})"
             )
 
-    # ---- the Kafka loop ----
+    # ---- the stage, as the consumer loop sees it ----
 
-    def run(self, stop: threading.Event) -> None:
-        """Consume until ``stop`` is set. Blocking: run it in a thread of its own."""
-        if not self.bootstrap_servers:
-            raise ValueError("Notifier needs Kafka bootstrap servers")
-        from kafka import KafkaConsumer, KafkaProducer
+    def handle(self, records: Sequence[RecordLike], stop: threading.Event) -> Iterator[Handled]:
+        for record in records:
+            if stop.is_set():
+                return
+            out = self.deliver(record, stop)
+            if out is None:
+                return
+            yield Handled([record], out)
 
-        consumer = KafkaConsumer(
-            bootstrap_servers=self.bootstrap_servers,
+    def incident_of(self, record: RecordLike) -> str | None:
+        """The request's own incident id if it can be read, else its key (the incident id)."""
+        incident, _ = _lenient_facts(record.value)
+        if incident:
+            return incident
+        return record.key.decode("utf-8", "replace") if record.key else None
+
+    def on_poison(self, record: RecordLike, exc: Exception) -> list[Outgoing]:
+        incident = self.incident_of(record)
+        _, severity = _lenient_facts(record.value)
+        if severity is Severity.critical and incident:
+            return self._fallback(incident, severity)
+        return []
+
+    def consumer_config(self, bootstrap_servers: str) -> ConsumerConfig:
+        # A request may spend several SMTP timeouts plus backoff; leave room for a batch.
+        worst = self.config.max_poll_records * self.config.retry.worst_case_s(
+            4 * self.config.smtp.timeout_s
+        )
+        return ConsumerConfig(
+            bootstrap_servers=bootstrap_servers,
             group_id=self.group_id,
-            client_id=self.group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            isolation_level="read_committed",
-            max_poll_records=self.max_poll_records,
-            # A request may spend several SMTP timeouts plus backoff; leave room for a batch.
-            max_poll_interval_ms=max(300_000, int(self._worst_case_s() * 1000) + 60_000),
+            topics=(self.source_topic,),
+            dead_letter_topic=self.dead_letter_topic,
+            max_poll_records=self.config.max_poll_records,
+            max_poll_interval_ms=max(300_000, int(worst * 1000) + 60_000),
         )
-        producer = KafkaProducer(
-            bootstrap_servers=self.bootstrap_servers,
-            client_id=self.group_id,
-            acks="all",
-            enable_idempotence=True,
-        )
+
+    def run(self, bootstrap_servers: str, stop: threading.Event) -> None:
+        """Consume until ``stop`` is set. Blocking: run it in a thread of its own."""
         try:
-            consumer.subscribe([self.source_topic])
-            log.info("notifier consuming %s as group %s", self.source_topic, self.group_id)
-            while not stop.is_set():
-                batch = consumer.poll(timeout_ms=self.poll_timeout_ms)
-                if batch:
-                    self._process_batch(consumer, producer, batch, stop)
+            run_consumer(self.consumer_config(bootstrap_servers), self, stop, self.registry)
         finally:
-            consumer.close(autocommit=False)
-            producer.close(timeout=10)
             if self._runner is not None:
                 self._runner.close()
                 self._runner = None
-
-    def _worst_case_s(self) -> float:
-        attempts = max(1, self.settings.notify_max_attempts)
-        backoff = sum(
-            min(MAX_BACKOFF_S, self.settings.notify_backoff_s * 2.0**i) for i in range(attempts - 1)
-        )
-        # aiosmtplib applies the timeout per step; budget a few steps per attempt.
-        return self.max_poll_records * (attempts * 4 * self.settings.smtp_timeout_s + backoff)
-
-    def _process_batch(
-        self, consumer: Any, producer: Any, batch: dict[Any, list[Any]], stop: threading.Event
-    ) -> None:
-        from kafka import OffsetAndMetadata
-        from kafka.errors import CommitFailedError, KafkaError
-
-        # Offset of the first record not yet committed, per partition: where to rewind on abort.
-        pending = {tp: records[0].offset for tp, records in batch.items() if records}
-        try:
-            for tp, records in batch.items():
-                for record in records:
-                    if stop.is_set():
-                        return
-                    outgoing = self.handle(record, stop)
-                    if outgoing is None:
-                        return
-                    publish(producer, outgoing)
-                    consumer.commit({tp: OffsetAndMetadata(record.offset + 1, "", -1)})
-                    pending[tp] = record.offset + 1
-                pending.pop(tp, None)
-        except CommitFailedError as exc:
-            log.warning("commit failed, the group rebalanced; will re-read: %s", exc)
-        except KafkaError as exc:
-            log.error("publishing or committing failed; will retry: %s", exc)
-            stop.wait(min(MAX_BACKOFF_S, max(1.0, self.settings.notify_backoff_s)))
-        finally:
-            rewind(consumer, pending)
 
 
 async def _as_coroutine(awaitable: Awaitable[None]) -> None:

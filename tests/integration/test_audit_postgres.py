@@ -8,7 +8,6 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
 from urllib.parse import quote
 
@@ -22,10 +21,11 @@ from sqlalchemy.orm import Session
 
 from consumers.audit import store
 from consumers.audit.models import Base
-from consumers.audit.worker import AuditWriter
+from consumers.audit.worker import AuditConfig, AuditWriter
 from escalate.settings import Settings
 from schemas.audit import AuditEvent, AuditEventType, DeadLetter
 from schemas.ids import event_id
+from tests.fakes import FakeRecord
 
 pytestmark = pytest.mark.postgres
 
@@ -72,15 +72,6 @@ def event(incident: str, kind: AuditEventType, minutes: int, report: str = "r-1"
 def write(engine: Engine, *events: AuditEvent) -> list[bool]:
     with Session(engine) as session, session.begin():
         return [store.record(session, e) for e in events]
-
-
-@dataclass(frozen=True)
-class FakeRecord:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
 
 
 def as_record(e: AuditEvent, offset: int = 0) -> FakeRecord:
@@ -134,7 +125,7 @@ def test_timeline_command(pg_url: str, engine: Engine) -> None:
 
 
 def test_racing_writers_keep_one_chain(engine: Engine) -> None:
-    writer = AuditWriter(Settings(), engine=engine, registry=CollectorRegistry())
+    writer = AuditWriter(AuditConfig(), engine, registry=CollectorRegistry())
     first = event("inc-race", AuditEventType.notified, 0)
     second = event("inc-race", AuditEventType.notified, 1)
     errors: list[BaseException] = []
@@ -165,7 +156,7 @@ def test_racing_writers_keep_one_chain(engine: Engine) -> None:
 
 
 def test_rows_the_database_refuses_are_dead_lettered(engine: Engine) -> None:
-    writer = AuditWriter(Settings(), engine=engine, registry=CollectorRegistry())
+    writer = AuditWriter(AuditConfig(), engine, registry=CollectorRegistry())
     good = event("inc-ok", AuditEventType.received, 0)
     too_long = event("inc-" + "x" * 300, AuditEventType.received, 1)
     dead = writer.handle_batch([as_record(good, 1), as_record(too_long, 2)])

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import socket
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from email import policy
 from email.message import EmailMessage
@@ -19,10 +20,11 @@ import pytest
 from aiosmtpd.controller import Controller
 from prometheus_client import CollectorRegistry
 
-from consumers.kafka_io import Outgoing
+from consumers.kafka_io import Outgoing, Unavailable
 from consumers.notifier.render import message_id_for, render_email
-from consumers.notifier.sender import SendError, send
-from consumers.notifier.worker import Notifier
+from consumers.notifier.retry import RetryPolicy
+from consumers.notifier.sender import SendError, SmtpConfig, send
+from consumers.notifier.worker import Notifier, NotifierConfig
 from consumers.outbox import OutboxServer
 from escalate.settings import Settings
 from schemas.audit import AuditEvent, AuditEventType, DeadLetter
@@ -35,6 +37,7 @@ from schemas.notifications import (
     Recipient,
 )
 from schemas.reports import ReporterContact
+from tests.fakes import FakeRecord
 
 DESCRIPTION = "Một người lạ hẹn gặp em ở cổng trường sau giờ học và bảo em không được kể với ai."
 
@@ -97,11 +100,22 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+DESK = "tiep-nhan@so.example"
+
+
 @dataclass
 class Smtp:
     handler: Capture
     controller: Controller
-    settings: Settings
+    config: NotifierConfig
+
+    def relay_on(self, port: int, **retry: Any) -> NotifierConfig:
+        """The same notifier config, pointed at another port (often one nobody listens on)."""
+        return replace(
+            self.config,
+            smtp=replace(self.config.smtp, port=port),
+            retry=replace(self.config.retry, **retry),
+        )
 
 
 @pytest.fixture
@@ -110,28 +124,16 @@ def smtp(tmp_path: Path) -> Iterator[Smtp]:
     port = free_port()
     controller = Controller(handler, hostname="127.0.0.1", port=port)
     controller.start()
-    settings = Settings(
-        smtp_host="127.0.0.1",
-        smtp_port=port,
-        smtp_timeout_s=5,
-        notify_max_attempts=4,
-        notify_backoff_s=0.05,
-        var_dir=tmp_path / "var",
+    config = NotifierConfig(
+        smtp=SmtpConfig(host="127.0.0.1", port=port, timeout_s=5),
+        retry=RetryPolicy(max_attempts=4, backoff_s=0.05),
         topic_prefix="t.",
+        fallback_recipients=(DESK,),
     )
     try:
-        yield Smtp(handler, controller, settings)
+        yield Smtp(handler, controller, config)
     finally:
         controller.stop()
-
-
-@dataclass(frozen=True)
-class FakeRecord:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
 
 
 def record_for(req: NotificationRequest, offset: int = 7) -> FakeRecord:
@@ -162,7 +164,7 @@ def parse(raw: bytes) -> EmailMessage:
 
 def test_send_delivers_rendered_message(smtp: Smtp) -> None:
     req = make_request()
-    asyncio.run(send(render_email(req, "escalate@so.example"), smtp.settings))
+    asyncio.run(send(render_email(req, "escalate@so.example"), smtp.config.smtp))
     [(rcpts, raw)] = smtp.handler.messages
     assert rcpts == ["phong.gd@bd.example"]
     msg = parse(raw)
@@ -175,34 +177,34 @@ def test_send_delivers_rendered_message(smtp: Smtp) -> None:
 
 
 def test_send_classifies_failures(smtp: Smtp) -> None:
-    def attempt(email: str, settings: Settings) -> SendError:
+    def attempt(email: str, relay: SmtpConfig) -> SendError:
         msg = render_email(make_request(email=email), "escalate@so.example")
         with pytest.raises(SendError) as caught:
-            asyncio.run(send(msg, settings))
+            asyncio.run(send(msg, relay))
         return caught.value
 
-    refused = attempt(REJECTED, smtp.settings)
-    assert not refused.transient and refused.code == 550
-    greylisted = attempt(GREYLISTED, smtp.settings)
-    assert greylisted.transient and greylisted.code == 451
-    down = smtp.settings.model_copy(update={"smtp_port": free_port()})
-    assert attempt("x@bd.example", down).transient
+    refused = attempt(REJECTED, smtp.config.smtp)
+    assert not refused.transient and refused.code == 550 and not refused.unreachable
+    greylisted = attempt(GREYLISTED, smtp.config.smtp)
+    assert greylisted.transient and greylisted.code == 451 and not greylisted.unreachable
+    down = attempt("x@bd.example", replace(smtp.config.smtp, port=free_port()))
+    assert down.transient and down.unreachable
 
 
 # ---- the notifier's per-record core ----
 
 
-def make_notifier(settings: Settings, **kwargs: Any) -> tuple[Notifier, CollectorRegistry]:
+def make_notifier(config: NotifierConfig, **kwargs: Any) -> tuple[Notifier, CollectorRegistry]:
     registry = CollectorRegistry()
-    return Notifier(settings, registry=registry, **kwargs), registry
+    return Notifier(config, registry=registry, **kwargs), registry
 
 
 def test_delivery_publishes_result_and_audit(smtp: Smtp, caplog: pytest.LogCaptureFixture) -> None:
     lines: list[str] = []
-    notifier, registry = make_notifier(smtp.settings, print_deliveries=True, console=lines.append)
+    notifier, registry = make_notifier(smtp.config, print_deliveries=True, console=lines.append)
     req = make_request()
     with caplog.at_level(logging.DEBUG, logger="escalate"):
-        out = notifier.handle(record_for(req))
+        out = notifier.deliver(record_for(req))
     assert out is not None
     topics = by_topic(out)
     assert set(topics) == {"t.notifications.results.v1", "t.audit.events.v1"}
@@ -245,7 +247,7 @@ def test_delivery_publishes_result_and_audit(smtp: Smtp, caplog: pytest.LogCaptu
     assert len(smtp.handler.messages) == 1
 
     # A replay produces the same event id, so the audit trail keeps one row.
-    again = notifier.handle(record_for(req))
+    again = notifier.deliver(record_for(req))
     assert again is not None
     replayed = AuditEvent.model_validate_json(by_topic(again)["t.audit.events.v1"][0])
     assert replayed.event_id == audit.event_id
@@ -253,11 +255,11 @@ def test_delivery_publishes_result_and_audit(smtp: Smtp, caplog: pytest.LogCaptu
 
 def test_server_down_then_up_is_retried(smtp: Smtp) -> None:
     port = free_port()
-    settings = smtp.settings.model_copy(update={"smtp_port": port})
+    config = smtp.relay_on(port)
     late = Controller(smtp.handler, hostname="127.0.0.1", port=port)
     calls = 0
 
-    async def send_then_start(msg: EmailMessage, s: Settings) -> None:
+    async def send_then_start(msg: EmailMessage, s: SmtpConfig) -> None:
         nonlocal calls
         calls += 1
         try:
@@ -266,9 +268,9 @@ def test_server_down_then_up_is_retried(smtp: Smtp) -> None:
             if calls == 1:
                 late.start()  # the relay comes back while we back off
 
-    notifier, registry = make_notifier(settings, send_fn=send_then_start)
+    notifier, registry = make_notifier(config, send_fn=send_then_start)
     try:
-        out = notifier.handle(record_for(make_request(tier=Tier.school)))
+        out = notifier.deliver(record_for(make_request(tier=Tier.school)))
     finally:
         late.stop()
     assert out is not None
@@ -284,9 +286,9 @@ def test_server_down_then_up_is_retried(smtp: Smtp) -> None:
 
 
 def test_permanent_refusal_fails_at_once(smtp: Smtp) -> None:
-    notifier, registry = make_notifier(smtp.settings)
+    notifier, registry = make_notifier(smtp.config)
     req = make_request(email=REJECTED)
-    out = notifier.handle(record_for(req, offset=42))
+    out = notifier.deliver(record_for(req, offset=42))
     assert out is not None
     topics = by_topic(out)
     result = DeliveryResult.model_validate_json(topics["t.notifications.results.v1"][0])
@@ -298,8 +300,7 @@ def test_permanent_refusal_fails_at_once(smtp: Smtp) -> None:
     assert DESCRIPTION not in audit.model_dump_json()
     letter = DeadLetter.model_validate_json(topics["t.deadletter.v1"][0])
     assert letter.stage == "notifier" and letter.offset == 42 and letter.partition == 2
-    assert "550" in letter.reason
-    assert smtp.handler.messages == []
+    assert "550" in letter.reason and letter.incident_id == req.incident_id
     assert (
         registry.get_sample_value(
             "escalate_notifications_total",
@@ -307,34 +308,105 @@ def test_permanent_refusal_fails_at_once(smtp: Smtp) -> None:
         )
         == 1
     )
+    assert (
+        registry.get_sample_value(
+            "escalate_dead_letters_total", {"stage": "notifier", "reason": "undeliverable"}
+        )
+        == 1
+    )
+    # The incident is critical: the city intake desk hears of it, told only id and severity.
+    assert_desk_told(smtp, req, topics["t.audit.events.v1"], registry)
+
+
+def assert_desk_told(
+    smtp: Smtp, req: NotificationRequest, audit_values: list[bytes], registry: CollectorRegistry
+) -> None:
+    [(rcpts, raw)] = smtp.handler.messages
+    assert rcpts == [DESK]
+    msg = parse(raw)
+    assert msg["X-Escalate-Incident"] == req.incident_id
+    assert msg["X-Escalate-Severity"] == "critical"
+    body = msg.get_body(preferencelist=("plain",))
+    assert body is not None
+    text = body.get_content()
+    assert req.incident_id in text and "CRITICAL" in text
+    for secret in (DESCRIPTION, req.school_name, "0987 654 321", "Trần Thị B", req.recipient.email):
+        assert secret not in text and secret not in str(msg["Subject"])
+    events = [AuditEvent.model_validate_json(v) for v in audit_values]
+    fallback = [e for e in events if e.detail.get("fallback")]
+    assert [(e.event, e.detail["recipient"]) for e in fallback] == [(AuditEventType.notified, DESK)]
+    assert registry.get_sample_value("escalate_fallback_mails_total", {"outcome": "delivered"}) == 1
+
+
+def test_a_failed_high_notification_does_not_mail_the_desk(smtp: Smtp) -> None:
+    notifier, registry = make_notifier(smtp.config)
+    req = make_request(email=REJECTED, severity=Severity.high, category=Category.cyberbullying)
+    out = notifier.deliver(record_for(req))
+    assert out is not None and "t.deadletter.v1" in by_topic(out)
+    assert smtp.handler.messages == []
+    assert registry.get_sample_value("escalate_fallback_mails_total", {"outcome": "delivered"}) == 0
+
+
+def test_relay_unreachable_in_every_attempt_pauses_instead_of_giving_up(smtp: Smtp) -> None:
+    notifier, registry = make_notifier(smtp.relay_on(free_port(), backoff_s=0.01))
+    with pytest.raises(Unavailable, match="unreachable"):
+        notifier.deliver(record_for(make_request()))
+    # Nothing was given up: no dead letter counted, nothing for the desk.
+    assert (
+        registry.get_sample_value(
+            "escalate_dead_letters_total", {"stage": "notifier", "reason": "undeliverable"}
+        )
+        == 0
+    )
+
+
+def test_a_request_that_makes_handling_raise_still_reaches_the_desk(smtp: Smtp) -> None:
+    notifier, registry = make_notifier(smtp.config)
+    req = make_request()
+    out = notifier.on_poison(record_for(req), OverflowError("date value out of range"))
+    assert_desk_told(smtp, req, by_topic(out)["t.audit.events.v1"], registry)
+
+
+def test_an_unparseable_request_that_says_critical_reaches_the_desk(smtp: Smtp) -> None:
+    notifier, registry = make_notifier(smtp.config)
+    req = make_request()
+    broken = json.loads(req.model_dump_json())
+    broken["step"] = -1  # breaks the contract, but still says which incident and how bad
+    out = notifier.deliver(
+        FakeRecord("t.notifications.requested.v1", 0, 9, b"k", json.dumps(broken).encode())
+    )
+    assert out is not None
+    topics = by_topic(out)
+    letter = DeadLetter.model_validate_json(topics["t.deadletter.v1"][0])
+    assert letter.incident_id == req.incident_id and letter.reason.startswith("unparseable")
+    assert_desk_told(smtp, req, topics["t.audit.events.v1"], registry)
 
 
 def test_transient_failures_exhaust_attempts(smtp: Smtp) -> None:
-    notifier, _ = make_notifier(smtp.settings)
-    out = notifier.handle(record_for(make_request(email=GREYLISTED)))
+    notifier, _ = make_notifier(smtp.config)
+    out = notifier.deliver(record_for(make_request(email=GREYLISTED)))
     assert out is not None
     result = DeliveryResult.model_validate_json(by_topic(out)["t.notifications.results.v1"][0])
     assert result.status is DeliveryStatus.failed
-    assert result.attempts == smtp.settings.notify_max_attempts
+    assert result.attempts == smtp.config.retry.max_attempts
     assert "t.deadletter.v1" in by_topic(out)
 
 
 def test_stop_during_backoff_leaves_the_request_uncommitted(smtp: Smtp) -> None:
-    settings = smtp.settings.model_copy(update={"smtp_port": free_port(), "notify_backoff_s": 30})
-    notifier, _ = make_notifier(settings)
+    notifier, _ = make_notifier(smtp.relay_on(free_port(), backoff_s=30))
     stop = threading.Event()
     timer = threading.Timer(0.3, stop.set)
     timer.start()
     try:
-        assert notifier.handle(record_for(make_request()), stop) is None
+        assert notifier.deliver(record_for(make_request()), stop) is None
     finally:
         timer.cancel()
 
 
 def test_unparseable_request_is_dead_lettered(smtp: Smtp) -> None:
-    notifier, _ = make_notifier(smtp.settings)
+    notifier, _ = make_notifier(smtp.config)
     bad = FakeRecord("t.notifications.requested.v1", 0, 3, b"k", b'{"incident_id": 1}')
-    out = notifier.handle(bad)
+    out = notifier.deliver(bad)
     assert out is not None and [o.topic for o in out] == ["t.deadletter.v1"]
     letter = DeadLetter.model_validate_json(out[0].value)
     assert letter.payload == '{"incident_id": 1}' and "incident_id" in letter.reason
@@ -349,7 +421,7 @@ def test_outbox_saves_messages_and_announces_them(tmp_path: Path) -> None:
     req = make_request(tier=Tier.school, email="hieutruong@thcs.example", contact=None)
     with OutboxServer(settings, on_mail=lambda line: lines.append(line)) as outbox:
         assert outbox.port > 0
-        relay = settings.model_copy(update={"smtp_host": "127.0.0.1", "smtp_port": outbox.port})
+        relay = SmtpConfig(host="127.0.0.1", port=outbox.port, timeout_s=5)
         asyncio.run(send(render_email(req, "escalate@so.example"), relay))
         [saved] = outbox.saved
     assert saved.parent == settings.outbox_dir

@@ -25,6 +25,7 @@ from escalate.settings import DEFAULT_CONFIG_DIR
 from escalate.topics_admin import ensure_topics
 from producers.intake.publisher import ReportPublisher
 from schemas.audit import AuditEvent, DeadLetter
+from schemas.ids import incident_id_for_report
 from schemas.incidents import IncidentClassified
 from schemas.notifications import NotificationRequest
 from schemas.reports import ReportIn
@@ -35,6 +36,8 @@ from schemas.topics import (
     NOTIFICATIONS_REQUESTED,
     REPORTS_SUBMITTED,
 )
+from tests.conftest import REPO
+from tests.fakes import POISON_CLASSIFY_SCHOOL, POISON_ROUTE_SCHOOL
 
 
 def read_all(bootstrap: str, topic: str, committed: bool = True) -> list[bytes]:
@@ -52,6 +55,8 @@ def read_all(bootstrap: str, topic: str, committed: bool = True) -> list[bytes]:
 
 
 class Processors:
+    COMMAND = ("-m", "escalate.cli", "run", "processors")
+
     def __init__(self, bootstrap: str, isolation: str, log: Path) -> None:
         self.env = {
             **os.environ,
@@ -59,14 +64,16 @@ class Processors:
             "ESCALATE_TOPIC_PREFIX": f"{isolation}.",
             "ESCALATE_APP_ID": isolation,
             "ESCALATE_METRICS_PORT": "0",
+            "PYTHONPATH": str(REPO),
         }
         self.log = log
+        self.command: tuple[str, ...] = self.COMMAND
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "escalate.cli", "run", "processors"],
+                [sys.executable, *self.command],
                 env=self.env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -130,6 +137,51 @@ def test_poison_messages_go_to_the_dead_letter_topic_with_a_reason(
     assert all(letter.stage == "classify" for letter in letters)
     incident = IncidentClassified.model_validate_json(read_all(kafka_bootstrap, incidents_topic)[0])
     assert incident.report_ids == [good.report_id]
+
+
+def test_a_message_that_makes_a_core_raise_is_set_aside_and_the_next_one_goes_through(
+    processors: Processors, kafka_bootstrap: str, isolation: str
+) -> None:
+    prefix = f"{isolation}."
+    processors.command = ("-c", "import sys, tests.fakes as f; sys.exit(f.faulty_processors())")
+    publisher = ReportPublisher(kafka_bootstrap, prefix)
+    bad_classify = publisher.publish(
+        report(1).model_copy(update={"school_code": POISON_CLASSIFY_SCHOOL}), "test"
+    )
+    bad_route = publisher.publish(
+        report(2).model_copy(update={"school_code": POISON_ROUTE_SCHOOL}), "test"
+    )
+    good = publisher.publish(report(3), "test")
+    publisher.close()
+    processors.start()
+    requests_topic = NOTIFICATIONS_REQUESTED.name(prefix)
+
+    def routed() -> set[str]:
+        found = [
+            NotificationRequest.model_validate_json(v)
+            for v in read_all(kafka_bootstrap, requests_topic)
+        ]
+        return {report_id for r in found for report_id in r.report_ids}
+
+    wait_until(lambda: good.report_id in routed(), 90, "the good report to be routed")
+    wait_until(
+        lambda: len(read_all(kafka_bootstrap, DEAD_LETTER.name(prefix))) >= 2, 30, "dead letters"
+    )
+    assert routed() == {good.report_id}
+    letters = {
+        letter.stage: letter
+        for letter in (
+            DeadLetter.model_validate_json(v)
+            for v in read_all(kafka_bootstrap, DEAD_LETTER.name(prefix))
+        )
+    }
+    assert set(letters) == {"classify", "route"}
+    assert letters["classify"].incident_id == incident_id_for_report(bad_classify.report_id)
+    assert letters["route"].incident_id == incident_id_for_report(bad_route.report_id)
+    for letter in letters.values():
+        assert letter.reason.startswith("failed: ") and "OverflowError" in letter.reason
+        assert "planted fault" not in letter.reason  # the message may quote the report; not kept
+    assert processors.proc is not None and processors.proc.poll() is None, "the worker died"
 
 
 def test_outputs_exactly_once_for_read_committed_across_a_crash(

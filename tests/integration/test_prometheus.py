@@ -312,8 +312,7 @@ def dashboard_queries() -> list[tuple[str, str, str]]:
 # dead-lettered anything.
 EXPECTED_EMPTY = {
     ("Refused reports per minute", "A"),
-    ("Dead letters", "A"),
-    ("Dead letters", "C"),
+    ("Dead letters", "B"),
     ("Audit events written per minute by type", "B"),
 }
 
@@ -398,14 +397,15 @@ def test_prometheus_scrapes_the_pipeline_and_alerts_on_a_failed_notification(
     def firing() -> dict[str, dict[str, str]] | None:
         alerts = api(prom, "/api/v1/alerts")["alerts"]
         active = {a["labels"]["alertname"]: a["labels"] for a in alerts if a["state"] == "firing"}
-        wanted = {"EscalateNotificationFailed", "EscalateNotifierDeadLetters"}
+        wanted = {"EscalateNotificationFailed", "EscalateDeadLetters"}
         return active if wanted <= set(active) else None
 
     active = wait_for(firing, what="alerts firing")
     assert active is not None
     assert active["EscalateNotificationFailed"]["tier"] == "police"
     assert active["EscalateNotificationFailed"]["severity"] == "critical"
-    assert active["EscalateNotifierDeadLetters"]["reason"] == "notify_failed"
+    assert active["EscalateDeadLetters"]["stage"] == "notifier"
+    assert active["EscalateDeadLetters"]["reason"] == "undeliverable"
     assert "EscalateComponentDown" not in active
     assert "EscalateIntakeUnavailable" not in active
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import json
-from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -17,12 +16,13 @@ from sqlalchemy.orm import Session
 
 from consumers.audit import store
 from consumers.audit.models import Base
-from consumers.audit.worker import AuditWriter
+from consumers.audit.worker import AuditConfig, AuditWriter
 from escalate.settings import Settings
 from schemas.audit import AuditEvent, AuditEventType, DeadLetter
 from schemas.common import Channel, ReporterRole
 from schemas.ids import event_id, incident_id_for_report
 from schemas.reports import ReporterContact, ReportIn, ReportSubmitted
+from tests.fakes import FakeRecord
 
 T0 = datetime(2026, 3, 2, 13, 5, tzinfo=UTC)
 SECRET_TEXT = "Có người lạ nhắn tin đòi ảnh của em và dọa tung lên mạng."
@@ -171,15 +171,6 @@ def test_timeline_command(tmp_path: Path) -> None:
 # ---- the audit writer's core, fed records the way kafka-python hands them over ----
 
 
-@dataclass(frozen=True)
-class FakeRecord:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes | None
-
-
 def submitted(report_id: str = "r-77") -> ReportSubmitted:
     return ReportSubmitted(
         report_id=report_id,
@@ -198,8 +189,7 @@ def submitted(report_id: str = "r-77") -> ReportSubmitted:
 
 def test_audit_writer_records_reports_and_events(engine: Engine) -> None:
     registry = CollectorRegistry()
-    settings = Settings(topic_prefix="t.")
-    writer = AuditWriter(settings, engine=engine, registry=registry)
+    writer = AuditWriter(AuditConfig(topic_prefix="t."), engine, registry=registry)
     report = submitted()
     incident = incident_id_for_report(report.report_id)
     classified = event(incident, AuditEventType.classified, 1, report="r-77", code="ESC-7K3M-9Q2X")
@@ -245,6 +235,8 @@ def test_audit_writer_records_reports_and_events(engine: Engine) -> None:
     assert registry.get_sample_value("escalate_audit_events_total", {"event": "received"}) == 1
     assert registry.get_sample_value("escalate_audit_duplicates_total", {"event": "received"}) == 1
     assert (
-        registry.get_sample_value("escalate_audit_dead_letters_total", {"reason": "unparseable"})
+        registry.get_sample_value(
+            "escalate_dead_letters_total", {"stage": "audit", "reason": "unparseable"}
+        )
         == 2
     )

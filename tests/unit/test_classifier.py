@@ -21,7 +21,7 @@ from stream_processors.classification.evaluate import (
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_POLICY = REPO / "escalate" / "defaults" / "policy.yaml"
-DEV_CORPUS = REPO.parent / "shared" / "corpus" / "reports-dev.jsonl"
+DEV_CORPUS = REPO / "tests" / "data" / "reports-dev.jsonl"
 HELDOUT = REPO / "tests" / "data" / "reports-heldout.jsonl"
 
 

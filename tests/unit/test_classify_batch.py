@@ -13,7 +13,7 @@ from schemas.yaml_loader import content_version, load_yaml_model, parse_yaml_tex
 from stream_processors.classification.batch import classify_stream, evaluate_file
 
 REPO = Path(__file__).resolve().parents[2]
-DEV_CORPUS = REPO.parent / "shared" / "corpus" / "reports-dev.jsonl"
+DEV_CORPUS = REPO / "tests" / "data" / "reports-dev.jsonl"
 
 
 @pytest.fixture(scope="module")

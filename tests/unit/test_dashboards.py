@@ -20,6 +20,8 @@ import yaml
 from prometheus_client import CollectorRegistry
 
 from consumers.audit.worker import AuditMetrics
+from consumers.dead_letters import DeadLetterMetrics
+from consumers.kafka_io import LoopMetrics
 from consumers.notifier.worker import NotifierMetrics
 from escalate.components import METRICS_OFFSET
 from escalate.settings import Settings
@@ -67,6 +69,8 @@ def registry_families() -> dict[str, str]:
     ProcessorMetrics(registry)
     NotifierMetrics(registry)
     AuditMetrics(registry)
+    DeadLetterMetrics(registry)
+    LoopMetrics(registry)
     return {family.name: family.type for family in registry.collect()}
 
 
@@ -263,8 +267,7 @@ def test_dashboard_covers_what_operators_watch() -> None:
         "escalate_notifications_total",
         "escalate_notification_send_seconds_bucket",
         "escalate_dead_letters_total",
-        "escalate_notifier_dead_letters_total",
-        "escalate_audit_dead_letters_total",
+        "escalate_consumer_pauses_total",
         "escalate_audit_events_total",
         "escalate_policy_loaded_timestamp_seconds",
         "escalate_unknown_school_total",
