@@ -6,13 +6,14 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-# One address, nothing that could end a header line or start a second address: no whitespace,
-# control characters, angle brackets, commas or semicolons. The notifier relies on this when it
-# puts the address into the To header.
+# One plain ASCII address (RFC 5322 dot-atom characters; an internationalised domain in its
+# xn-- form): nothing that could end a header line, start a second address, or need SMTPUTF8.
+# The notifier relies on this when it puts the address into the To header.
 Email = Annotated[
     str,
     Field(
-        pattern=r'^[^@\s\x00-\x1f\x7f<>(),;:"\\\[\]]+@[^@\s\x00-\x1f\x7f<>(),;:"\\\[\]]+$',
+        pattern=r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*"
+        r"@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*$",
         max_length=254,
     ),
 ]

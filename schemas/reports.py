@@ -2,16 +2,69 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, AnyHttpUrl, BaseModel, ConfigDict, EmailStr, Field
+from pydantic import (
+    AfterValidator,
+    AnyHttpUrl,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    EmailStr,
+    Field,
+)
+from pydantic_core import PydanticCustomError
 
-from schemas.common import Category, Channel, ReporterRole, nfc
+from schemas.common import HANOI_TZ, Category, Channel, ReporterRole, clean_text, utcnow
 
 MAX_DESCRIPTION_CHARS = 10_000
+# Online classes in Hanoi schools are far younger than this; an earlier date is a typing slip.
+EARLIEST_OCCURRED_AT = datetime(2000, 1, 1, tzinfo=HANOI_TZ)
+# Room for a reporter's clock that runs ahead or a time zone mix-up, not for dates in the future.
+OCCURRED_AT_FUTURE_SLACK = timedelta(days=1)
 
-NfcStr = Annotated[str, AfterValidator(nfc)]
+
+def _free_text(value: object) -> object:
+    # Non-strings are left for pydantic to refuse with its usual message.
+    return clean_text(value).strip() if isinstance(value, str) else value
+
+
+def _one_line_text(value: object) -> object:
+    return clean_text(value, single_line=True) if isinstance(value, str) else value
+
+
+# Cleaning (see ``clean_text``) for multi-line free text, with NFC and trimmed ends. A
+# BeforeValidator runs before the constraints written to its left in the same ``Annotated``, so
+# put it last: then a description made only of control characters is "too short" (pydantic's
+# string_too_short, which intake turns into a plain reason) instead of an empty text accepted.
+FREE_TEXT = BeforeValidator(_free_text)
+# The same for text that must stay on one line (names): line breaks and tabs become spaces.
+ONE_LINE_TEXT = BeforeValidator(_one_line_text)
+
+NfcStr = Annotated[str, FREE_TEXT]
+
+
+def _plausible_occurred_at(value: datetime) -> datetime:
+    """Naive times are Hanoi time; a date before 2000 or beyond tomorrow cannot be right.
+
+    Without bounds, a date such as 9999-12-31T23:59:59Z was accepted and later broke stages
+    that convert it to local time (the year 10000 does not exist for ``datetime``).
+    """
+    if value.tzinfo is None or value.utcoffset() is None:
+        value = value.replace(tzinfo=HANOI_TZ)
+    if value < EARLIEST_OCCURRED_AT:
+        raise PydanticCustomError(
+            "occurred_at_too_early",
+            "the date is before 2000-01-01; please check the year of the incident",
+        )
+    if value > utcnow() + OCCURRED_AT_FUTURE_SLACK:
+        raise PydanticCustomError(
+            "occurred_at_in_future",
+            "the date is in the future; please give when the incident happened (a time without "
+            "a UTC offset is read as Hanoi time, UTC+7)",
+        )
+    return value
 
 
 class ReporterContact(BaseModel):
@@ -19,7 +72,7 @@ class ReporterContact(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    name: Annotated[NfcStr | None, Field(max_length=200)] = None
+    name: Annotated[str, Field(max_length=200), ONE_LINE_TEXT] | None = None
     phone: Annotated[str | None, Field(max_length=40, pattern=r"^[0-9+() .-]{3,40}$")] = None
     email: EmailStr | None = None
 
@@ -32,10 +85,16 @@ class ReportIn(BaseModel):
     channel: Channel
     reporter_role: ReporterRole
     school_code: Annotated[str, Field(min_length=2, max_length=40, pattern=r"^[A-Za-z0-9._-]+$")]
-    description: Annotated[NfcStr, Field(min_length=5, max_length=MAX_DESCRIPTION_CHARS)]
+    description: Annotated[str, Field(min_length=5, max_length=MAX_DESCRIPTION_CHARS), FREE_TEXT]
     immediate_danger: bool = False
     category_hint: Category | None = None
-    occurred_at: datetime | None = None
+    occurred_at: Annotated[
+        Annotated[datetime, AfterValidator(_plausible_occurred_at)] | None,
+        Field(
+            description="When it happened. A time without a UTC offset is Hanoi time (UTC+7). "
+            "From 2000-01-01 to at most one day after the time of submission."
+        ),
+    ] = None
     contact: ReporterContact | None = None
     evidence_urls: Annotated[list[AnyHttpUrl], Field(max_length=20)] = []
 

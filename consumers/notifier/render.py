@@ -73,6 +73,11 @@ def _block(text: str) -> str:
     return "".join(_escape(c) if _unsafe(c, "\n\t") else c for c in text)
 
 
+def _quoted(text: str) -> list[str]:
+    """The reporter's words, each line quoted, so none can pass for one of ours."""
+    return [f"> {line}" for line in _block(text).split("\n")]
+
+
 def _one_line(text: str) -> str:
     """Header values must not carry line breaks (header injection); collapse all whitespace."""
     return _inline(_WS.sub(" ", text).strip())
@@ -177,7 +182,7 @@ def render_body(req: NotificationRequest) -> str:
         f"Hạn xác nhận / Acknowledge by: {_when(req.ack_due_at)}",
         "",
         "Nội dung báo cáo / What happened:",
-        _block(req.description),
+        *_quoted(req.description),
         "",
         "Các báo cáo / Reports covered:",
         *_reports_block(req),
@@ -197,9 +202,16 @@ def render_body(req: NotificationRequest) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _display_name(name: str) -> str:
+    """Letters, digits, marks, spaces and a little punctuation: a display name that needs no
+    quoting or escaping, which the header parser of the reader's client may get wrong."""
+    kept = "".join(c if unicodedata.category(c)[0] in "LNM" or c in " .-'&/" else " " for c in name)
+    return _WS.sub(" ", kept).strip()
+
+
 def _address(name: str, email: str) -> Address | str:
     try:
-        return Address(display_name=_one_line(name), addr_spec=email)
+        return Address(display_name=_display_name(name), addr_spec=email)
     except (ValueError, IndexError, MessageError):
         # An address the header parser dislikes still gets delivered by its bare form (the
         # contract keeps line breaks and a second address out of it).

@@ -55,6 +55,37 @@ async def _read_body(request: Request) -> bytes | None:
     return b"".join(chunks)
 
 
+class BodyError(ValueError):
+    """A request body that is not one JSON document; the message is safe to show the client."""
+
+
+def _parse_json(body: bytes) -> Any:
+    """The JSON document in ``body``; anything that cannot be read as one is a BodyError.
+
+    ``json.loads`` fails in more ways than JSONDecodeError: deep nesting raises RecursionError,
+    an integer of more than 4,300 digits raises a plain ValueError (Python's int max-str-digits
+    guard). Each must be the client's 400, never our 500. The reasons name the problem without
+    quoting the body, which may hold a child's report.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BodyError(
+            f"body is not valid UTF-8 JSON: invalid UTF-8 at byte {exc.start}"
+        ) from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise BodyError(
+            f"body is not valid UTF-8 JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
+        ) from None
+    except RecursionError:
+        raise BodyError("body is not valid UTF-8 JSON: nested too deeply") from None
+    except ValueError:
+        # The only other ValueError json.loads raises is for numbers too long to convert.
+        raise BodyError("body is not valid UTF-8 JSON: a number has too many digits") from None
+
+
 def create_app(
     publisher: ReportPublisher,
     api_keys: dict[str, str],
@@ -102,10 +133,10 @@ def create_app(
             metrics.requests.labels("unknown", "invalid").inc()
             return _error(413, f"request body larger than {MAX_BODY_BYTES} bytes")
         try:
-            data = json.loads(body.decode("utf-8"))
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+            data = _parse_json(body)
+        except BodyError as exc:
             metrics.requests.labels("unknown", "invalid").inc()
-            return _error(400, f"body is not valid UTF-8 JSON: {exc}")
+            return _error(400, str(exc))
         if not isinstance(data, dict):
             metrics.requests.labels("unknown", "invalid").inc()
             return _error(400, "body must be a JSON object describing one report")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 from schemas.audit import AuditEvent, AuditEventType
 from schemas.common import Tier
@@ -58,6 +58,19 @@ def recipients_for(
     ], False
 
 
+def ack_due_at(received_at: datetime, within: timedelta) -> datetime:
+    """When the acknowledgement is due; the latest time ``datetime`` can hold if that overflows.
+
+    ``received_at`` is stamped by intake, so a date a few hours short of the year 10000 only
+    comes from a corrupt or hand-made message. It must still be routed: an OverflowError here
+    would stop the route stage for every incident behind it.
+    """
+    try:
+        return received_at + within
+    except OverflowError:
+        return datetime.max.replace(tzinfo=received_at.tzinfo)
+
+
 def _dedupe(recipients: list[Recipient]) -> list[Recipient]:
     seen: set[str] = set()
     unique = []
@@ -89,7 +102,7 @@ def plan_notifications(
     recipients = _dedupe(recipients)
     place = index.find(incident.school_code)
     report = incident.report
-    ack_due = incident.received_at + route.ack_within
+    ack_due = ack_due_at(incident.received_at, route.ack_within)
     requests = []
     for recipient in recipients:
         may_see_contact = (

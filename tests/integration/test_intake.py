@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import unicodedata
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -43,14 +45,24 @@ def read_topic(bootstrap: str, topic: str) -> list[bytes]:
 
 
 @pytest.fixture
-def intake(kafka_bootstrap: str, isolation: str) -> Any:
+def counted_intake(
+    kafka_bootstrap: str, isolation: str
+) -> Iterator[tuple[TestClient, str, CollectorRegistry]]:
+    """The intake on its own topics, with the registry its metrics are counted in."""
     prefix = f"{isolation}."
     ensure_topics(kafka_bootstrap, prefix)
     publisher = ReportPublisher(kafka_bootstrap, prefix)
-    app = create_app(publisher, {KEY: "test-app"}, CollectorRegistry())
+    registry = CollectorRegistry()
+    app = create_app(publisher, {KEY: "test-app"}, registry)
     with TestClient(app) as client:
-        yield client, REPORTS_SUBMITTED.name(prefix)
+        yield client, REPORTS_SUBMITTED.name(prefix), registry
     publisher.close()
+
+
+@pytest.fixture
+def intake(counted_intake: tuple[TestClient, str, CollectorRegistry]) -> Any:
+    client, topic, _ = counted_intake
+    return client, topic
 
 
 def test_accepted_report_is_on_the_topic_before_202(intake: Any, kafka_bootstrap: str) -> None:
@@ -179,4 +191,106 @@ def test_web_form_errors_keep_what_was_typed(intake: Any, kafka_bootstrap: str) 
     resp = client.post("/report?lang=en", data={"school_code": "", "description": "Hi"})
     assert resp.status_code == 422
     assert "Please correct" in resp.text
+    assert read_topic(kafka_bootstrap, topic) == []
+
+
+def invalid_count(registry: CollectorRegistry) -> float:
+    value = registry.get_sample_value(
+        "escalate_intake_reports_total", {"channel": "unknown", "outcome": "invalid"}
+    )
+    return value or 0.0
+
+
+def post_report(client: TestClient, body: bytes) -> Any:
+    return client.post(
+        "/v1/reports",
+        content=body,
+        headers={"Content-Type": "application/json", "X-API-Key": KEY},
+    )
+
+
+@pytest.mark.parametrize(
+    ("when", "says"),
+    [("9999-12-31T23:59:59Z", "future"), ("1999-12-31T23:59:59+07:00", "2000")],
+    ids=["year-9999", "before-2000"],
+)
+def test_implausible_incident_dates_are_refused(
+    intake: Any, kafka_bootstrap: str, when: str, says: str
+) -> None:
+    # 9999-12-31 used to be accepted and then broke the mail renderer (OverflowError).
+    client, topic = intake
+    resp = post_report(client, json.dumps({**GOOD, "occurred_at": when}).encode())
+    assert resp.status_code == 422, resp.text
+    fields = {f["field"]: f["reason"] for f in resp.json()["fields"]}
+    assert set(fields) == {"occurred_at"}
+    assert says in fields["occurred_at"]
+    assert read_topic(kafka_bootstrap, topic) == []
+
+
+def test_a_date_without_offset_is_hanoi_time(intake: Any, kafka_bootstrap: str) -> None:
+    client, topic = intake
+    resp = post_report(client, json.dumps({**GOOD, "occurred_at": "2024-05-06T08:30:00"}).encode())
+    assert resp.status_code == 202, resp.text
+    stored = ReportSubmitted.model_validate_json(read_topic(kafka_bootstrap, topic)[0])
+    occurred = stored.report.occurred_at
+    assert occurred is not None and occurred.utcoffset() == timedelta(hours=7)
+    assert occurred == datetime(2024, 5, 6, 1, 30, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    ("body", "says"),
+    [
+        (
+            b'{"channel": "app", "description": ' + b"[" * 10_000 + b"]" * 10_000 + b"}",
+            "nested too deeply",
+        ),
+        (
+            json.dumps(GOOD).encode()[:-1] + b', "immediate_danger": ' + b"7" * 5_000 + b"}",
+            "digits",
+        ),
+        (b"\xff\xfe{}", "UTF-8"),
+    ],
+    ids=["10000-nested-brackets", "5000-digit-number", "invalid-utf8"],
+)
+def test_unparseable_bodies_are_400_and_counted(
+    counted_intake: tuple[TestClient, str, CollectorRegistry],
+    kafka_bootstrap: str,
+    body: bytes,
+    says: str,
+) -> None:
+    client, topic, registry = counted_intake
+    before = invalid_count(registry)
+    resp = post_report(client, body)
+    assert resp.status_code == 400, resp.text
+    assert says in resp.json()["error"]
+    assert invalid_count(registry) == before + 1
+    assert read_topic(kafka_bootstrap, topic) == []
+
+
+def test_control_characters_are_removed_before_storing(intake: Any, kafka_bootstrap: str) -> None:
+    client, topic = intake
+    report = {
+        **GOOD,
+        "description": "Người lạ\x00 vào lớp\r\nnhắn: \u202egnp.exe\u202c"
+        "\x1b[31m đe dọa\x7f\x9b em",
+        "contact": {"name": "Nguyễn\nVăn A\u2028\x07", "phone": "0912 345 678"},
+    }
+    resp = post_report(client, json.dumps(report).encode())
+    assert resp.status_code == 202, resp.text
+    stored = ReportSubmitted.model_validate_json(read_topic(kafka_bootstrap, topic)[0])
+    assert stored.report.description == "Người lạ vào lớp\nnhắn: gnp.exe[31m đe dọa em"
+    assert stored.report.contact is not None
+    assert stored.report.contact.name == "Nguyễn Văn A"
+
+
+def test_a_description_of_control_characters_only_is_too_short(
+    intake: Any, kafka_bootstrap: str
+) -> None:
+    client, topic = intake
+    resp = post_report(
+        client, json.dumps({**GOOD, "description": "\x00\x01\u202e\x1b\x7f\x85"}).encode()
+    )
+    assert resp.status_code == 422, resp.text
+    fields = {f["field"]: f["reason"] for f in resp.json()["fields"]}
+    assert fields == {"description": "too short: at least 5 characters"}
     assert read_topic(kafka_bootstrap, topic) == []
