@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from escalate.components import COMPONENTS
 from escalate.settings import Settings
 
 
@@ -145,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("up", cmd_up, "run the whole pipeline (starts a local broker when none is configured)")
     run = add("run", cmd_run, "run one component in the foreground")
-    run.add_argument("component", choices=["intake", "processors", "notifier", "audit"])
+    run.add_argument("component", choices=list(COMPONENTS))
 
     classify = add("classify", cmd_classify, "classify JSON-lines reports from FILE or stdin")
     classify.add_argument("file", nargs="?", help="JSON lines; '-' or nothing for stdin")

@@ -10,19 +10,21 @@ import logging
 import signal
 import threading
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, start_http_server
 
-from consumers.audit.worker import AuditConfig
-from consumers.notifier.retry import RetryPolicy
-from consumers.notifier.sender import SmtpConfig
-from consumers.notifier.worker import NotifierConfig
 from escalate.settings import Settings
+
+if TYPE_CHECKING:  # the CLI imports this module; the components' libraries load on use
+    from consumers.audit.worker import AuditConfig
+    from consumers.notifier.sender import SmtpConfig
+    from consumers.notifier.worker import NotifierConfig
 
 log = logging.getLogger("escalate")
 
-COMPONENTS = ("intake", "processors", "notifier", "audit")
-METRICS_OFFSET = {"processors": 1, "notifier": 2, "audit": 3}
+COMPONENTS = ("intake", "processors", "escalator", "notifier", "audit")
+METRICS_OFFSET = {"processors": 1, "notifier": 2, "audit": 3, "escalator": 4}
 
 
 def require_bootstrap(settings: Settings) -> str:
@@ -57,17 +59,46 @@ def run_intake(settings: Settings) -> int:
     from fastapi import Response
     from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+    from producers.intake.action_page import HelpContact
+    from producers.intake.actions import ActionDesk
     from producers.intake.app import create_app
-    from producers.intake.publisher import ReportPublisher
+    from producers.intake.incidents import IncidentView
+    from producers.intake.publisher import ActionPublisher, ReportPublisher
+    from schemas.directory import Directory
+    from schemas.policy import Policy
+    from schemas.yaml_loader import load_yaml_model
 
-    publisher = ReportPublisher(require_bootstrap(settings), settings.topic_prefix)
-    app = create_app(publisher, settings.api_keys, REGISTRY)
+    bootstrap = require_bootstrap(settings)
+    # Read once at start: link lifetime and school names change rarely, and a restart of the
+    # intake is cheap (reports in flight are either acknowledged 202 or refused 503).
+    policy = load_yaml_model(settings.policy_file, Policy)
+    directory = load_yaml_model(settings.directory_file, Directory)
+    publisher = ReportPublisher(bootstrap, settings.topic_prefix)
+    action_publisher = ActionPublisher(bootstrap, settings.topic_prefix)
+    incidents = IncidentView(bootstrap, settings.topic_prefix)
+    desk = ActionDesk(
+        secret_key=settings.secret_key.get_secret_value(),
+        link_max_age_s=int(policy.acknowledgement.link_valid_for.total_seconds()),
+        authority_keys=settings.authority_keys,
+        publisher=action_publisher,
+        incidents=incidents,
+        school_names={
+            school.code: school.name
+            for district in directory.districts
+            for school in district.schools
+        },
+        help_contact=HelpContact(directory.city_office.name, directory.city_office.emails[0]),
+        public_url=settings.links_base_url,
+    )
+    app = create_app(publisher, settings.api_keys, REGISTRY, actions=desk)
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
         return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
 
+    incidents.start()
     try:
+        # No access log: the action links' paths carry the recipients' tokens.
         uvicorn.run(
             app,
             host=settings.http_host,
@@ -76,6 +107,8 @@ def run_intake(settings: Settings) -> int:
             access_log=False,
         )
     finally:
+        incidents.close()
+        action_publisher.close()
         publisher.close()
     return 0
 
@@ -96,7 +129,26 @@ def run_processors(settings: Settings) -> int:
     return 0
 
 
+def run_escalator(settings: Settings) -> int:
+    from stream_processors.config_holder import ConfigHolder
+    from stream_processors.escalation.worker import Escalator, EscalatorConfig
+
+    bootstrap = require_bootstrap(settings)
+    _serve_metrics(settings, "escalator")
+    stop = _stop_event()
+    holder = ConfigHolder(settings.policy_file, settings.directory_file)
+    config = EscalatorConfig(
+        topic_prefix=settings.topic_prefix,
+        app_id=settings.app_id,
+        instance_id=settings.instance_id,
+    )
+    Escalator(config, holder).run(bootstrap, stop)
+    return 0
+
+
 def smtp_config(settings: Settings) -> SmtpConfig:
+    from consumers.notifier.sender import SmtpConfig
+
     return SmtpConfig(
         host=settings.smtp_host,
         port=settings.smtp_port,
@@ -107,6 +159,8 @@ def smtp_config(settings: Settings) -> SmtpConfig:
 
 def notifier_config(settings: Settings) -> NotifierConfig:
     """The notifier's share of the settings; the fallback desk comes from the directory."""
+    from consumers.notifier.retry import RetryPolicy
+    from consumers.notifier.worker import LinkConfig, NotifierConfig
     from schemas.directory import Directory
     from schemas.yaml_loader import load_yaml_model
 
@@ -119,10 +173,15 @@ def notifier_config(settings: Settings) -> NotifierConfig:
         topic_prefix=settings.topic_prefix,
         app_id=settings.app_id,
         fallback_recipients=tuple(directory.city_office.intake_desk_emails),
+        links=LinkConfig(
+            secret_key=settings.secret_key.get_secret_value(), public_url=settings.links_base_url
+        ),
     )
 
 
 def audit_config(settings: Settings) -> AuditConfig:
+    from consumers.audit.worker import AuditConfig
+
     return AuditConfig(topic_prefix=settings.topic_prefix, app_id=settings.app_id)
 
 
@@ -150,6 +209,7 @@ def run_audit(settings: Settings) -> int:
 RUNNERS: dict[str, Callable[[Settings], int]] = {
     "intake": run_intake,
     "processors": run_processors,
+    "escalator": run_escalator,
     "notifier": run_notifier,
     "audit": run_audit,
 }

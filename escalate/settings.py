@@ -11,6 +11,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.common import Tier
+
 PACKAGE_ROOT = Path(__file__).resolve().parent
 DEFAULT_CONFIG_DIR = PACKAGE_ROOT / "defaults"
 
@@ -28,6 +30,30 @@ def parse_api_keys(raw: str) -> dict[str, str]:
                 f"ESCALATE_INTAKE_API_KEYS entry {chunk.split('=')[0]!r} must look like name=key"
             )
         keys[key.strip()] = name.strip()
+    return keys
+
+
+def parse_authority_keys(raw: str) -> dict[str, tuple[str, Tier]]:
+    """Parse ``name=tier:key,…`` into ``{key: (name, tier)}``: each authority system acts for
+    one organisation tier."""
+    keys: dict[str, tuple[str, Tier]] = {}
+    for chunk in raw.split(","):
+        chunk = chunk.strip()
+        if not chunk:
+            continue
+        name, sep, rest = chunk.partition("=")
+        tier, sep2, key = rest.partition(":")
+        if not sep or not sep2 or not name.strip() or not key.strip():
+            raise ValueError(
+                f"ESCALATE_AUTHORITY_API_KEYS entry {name.strip()!r} must look like name=tier:key"
+            )
+        try:
+            keys[key.strip()] = (name.strip(), Tier(tier.strip()))
+        except ValueError:
+            raise ValueError(
+                f"ESCALATE_AUTHORITY_API_KEYS entry {name.strip()!r}: unknown tier {tier.strip()!r}"
+                f" (one of {', '.join(t.value for t in Tier)})"
+            ) from None
     return keys
 
 
@@ -64,6 +90,15 @@ class Settings(BaseSettings):
     notify_max_attempts: int = 5
     notify_backoff_s: float = 1.0
     metrics_port: int = 9400
+    public_url: str | None = Field(
+        default=None,
+        description="Base of the links in mails; default http://{http_host}:{http_port}.",
+    )
+    authority_api_keys: str = ""
+    instance_id: str | None = Field(
+        default=None,
+        description="Stable name of this worker (e.g. the pod name): static group membership.",
+    )
 
     @field_validator("intake_api_keys")
     @classmethod
@@ -71,9 +106,23 @@ class Settings(BaseSettings):
         parse_api_keys(value)
         return value
 
+    @field_validator("authority_api_keys")
+    @classmethod
+    def _check_authority_keys(cls, value: str) -> str:
+        parse_authority_keys(value)
+        return value
+
     @property
     def api_keys(self) -> dict[str, str]:
         return parse_api_keys(self.intake_api_keys)
+
+    @property
+    def authority_keys(self) -> dict[str, tuple[str, Tier]]:
+        return parse_authority_keys(self.authority_api_keys)
+
+    @property
+    def links_base_url(self) -> str:
+        return (self.public_url or f"http://{self.http_host}:{self.http_port}").rstrip("/")
 
     @property
     def outbox_dir(self) -> Path:

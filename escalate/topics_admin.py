@@ -18,7 +18,12 @@ def ensure_topics(bootstrap: str, prefix: str = "") -> list[str]:
     try:
         existing = set(admin.list_topics())
         wanted = [
-            NewTopic(spec.name(prefix), num_partitions=spec.partitions, replication_factor=1)
+            NewTopic(
+                spec.name(prefix),
+                num_partitions=spec.partitions,
+                replication_factor=1,
+                topic_configs={"cleanup.policy": "compact"} if spec.compacted else {},
+            )
             for spec in ALL_TOPICS
             if spec.name(prefix) not in existing
         ]

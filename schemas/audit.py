@@ -16,6 +16,11 @@ class AuditEventType(StrEnum):
     notified = "notified"
     notify_failed = "notify_failed"
     dead_lettered = "dead_lettered"
+    escalated = "escalated"  # a step: new tiers told and/or unacknowledged ones reminded
+    acknowledged = "acknowledged"
+    resolved = "resolved"
+    note_added = "note_added"
+    reclassified = "reclassified"
 
 
 class AuditEvent(BaseModel):

@@ -13,6 +13,17 @@ from schemas.directory import Email
 from schemas.reports import ReporterContact
 
 
+class NotificationKind(StrEnum):
+    """Why a recipient gets this mail; the subject and opening line say it in both languages."""
+
+    first_notice = "first_notice"
+    reminder = "reminder"  # you were told and have not acknowledged yet
+    escalation = "escalation"  # you are told now because nobody below you acknowledged
+    acknowledged = "acknowledged"  # an organisation acknowledged: for your information
+    resolved = "resolved"  # an organisation closed the incident: for your information
+    review = "review"  # the classifier was unsure: a person must look at it
+
+
 class Recipient(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -30,6 +41,11 @@ class NotificationRequest(BaseModel):
     notification_id: str = Field(description="Deterministic: incident, recipient and step.")
     incident_id: str
     step: int = Field(ge=0, description="0 for the first notice, n for the n-th escalation.")
+    kind: NotificationKind = NotificationKind.first_notice
+    acted_by: Tier | None = Field(
+        default=None, description="For acknowledged/resolved: the organisation that acted."
+    )
+    acted_by_name: str | None = None
     recipient: Recipient
     severity: Severity
     category: Category

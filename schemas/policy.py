@@ -48,6 +48,33 @@ class SeverityRoute(BaseModel):
     escalate_up_to: Tier | None = None
 
 
+def _days(n: int) -> timedelta:
+    return timedelta(days=n)
+
+
+class AcknowledgementPolicy(BaseModel):
+    """How acknowledgement links work and how long the escalator keeps asking."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    link_valid_for: Duration = Field(
+        default_factory=lambda: _days(7),
+        description="How long the personal acknowledgement link in a mail keeps working.",
+    )
+    max_reminders: int = Field(
+        default=6,
+        ge=0,
+        le=100,
+        description="Reminders sent, one per ack_within, once the ladder has no tier left.",
+    )
+    critical_all_tiers_within: Duration = Field(
+        default_factory=lambda: timedelta(hours=12),
+        description="Decree 56/2017: a critical incident not acknowledged by police must have "
+        "reached every tier within this time. `escalate policy check` refuses a ladder and "
+        "deadlines that could miss it.",
+    )
+
+
 class Routing(BaseModel):
     """Who hears about what, and who may see the reporter's contact details."""
 
@@ -59,13 +86,51 @@ class Routing(BaseModel):
         default_factory=lambda: [Tier.district_office, Tier.city_office, Tier.police],
         description="Tiers whose notifications include the reporter's contact details.",
     )
+    acknowledgement: AcknowledgementPolicy = Field(default_factory=AcknowledgementPolicy)
 
     @model_validator(mode="after")
     def _complete(self) -> Routing:
         missing = [s.value for s in Severity if s not in self.severities]
         if missing:
             raise ValueError(f"severities is missing {', '.join(missing)}")
+        problem = self.critical_guard_problem()
+        if problem:
+            raise ValueError(problem)
         return self
+
+    def climb(self, severity: Severity) -> list[Tier]:
+        """Tiers the escalator may add, in order, above those the severity notifies at once."""
+        route = self.severities[severity]
+        if route.escalate_up_to is None or route.escalate_up_to not in self.escalation_ladder:
+            return []
+        top = self.escalation_ladder.index(route.escalate_up_to)
+        told = [
+            self.escalation_ladder.index(t) for t in route.notify if t in self.escalation_ladder
+        ]
+        start = max(told) + 1 if told else 0
+        return [t for t in self.escalation_ladder[start : top + 1] if t not in route.notify]
+
+    def critical_guard_problem(self) -> str | None:
+        """Why a critical incident could stay unacknowledged by police past the legal limit
+        without every tier told; None when the ladder and deadlines cannot let that happen."""
+        route = self.severities[Severity.critical]
+        reached = set(route.notify) | set(self.climb(Severity.critical))
+        missing = [t.value for t in Tier if t not in reached]
+        if missing:
+            return (
+                "severities.critical: a critical incident must reach every tier, but "
+                f"{', '.join(missing)} is neither in notify nor reachable by the escalation_ladder "
+                "up to escalate_up_to (set escalate_up_to: police or notify every tier)"
+            )
+        steps = len(self.climb(Severity.critical))
+        limit = self.acknowledgement.critical_all_tiers_within
+        if steps * route.ack_within > limit:
+            return (
+                f"severities.critical: reaching every tier takes {steps} step(s) of "
+                f"{format_duration(route.ack_within)}, more than the legal "
+                f"{format_duration(limit)} (acknowledgement.critical_all_tiers_within)"
+            )
+        return None
 
 
 class Policy(Routing):

@@ -6,7 +6,9 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel
 
+from schemas.actions import IncidentAction
 from schemas.audit import AuditEvent, DeadLetter
+from schemas.escalation import EscalationState
 from schemas.incidents import IncidentClassified
 from schemas.notifications import DeliveryResult, NotificationRequest
 from schemas.reports import ReportSubmitted
@@ -18,6 +20,8 @@ class TopicSpec:
     key: str
     model: type[BaseModel]
     partitions: int = 3
+    #: compacted topics keep the latest value per key (state), not a history
+    compacted: bool = False
 
     def name(self, prefix: str = "") -> str:
         return f"{prefix}{self.base_name}"
@@ -34,6 +38,12 @@ NOTIFICATIONS_RESULTS = TopicSpec(
     "notifications.results.v1", key="incident_id", model=DeliveryResult
 )
 AUDIT_EVENTS = TopicSpec("audit.events.v1", key="incident_id", model=AuditEvent)
+INCIDENTS_ACTIONS = TopicSpec("incidents.actions.v1", key="incident_id", model=IncidentAction)
+# Same key and partition count as incidents.classified and incidents.actions: an incident's
+# routing, actions and state meet in one partition number, owned by one escalator at a time.
+ESCALATION_STATE = TopicSpec(
+    "escalation.state.v1", key="incident_id", model=EscalationState, compacted=True
+)
 DEAD_LETTER = TopicSpec("deadletter.v1", key="source key", model=DeadLetter, partitions=1)
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
@@ -42,5 +52,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     NOTIFICATIONS_REQUESTED,
     NOTIFICATIONS_RESULTS,
     AUDIT_EVENTS,
+    INCIDENTS_ACTIONS,
+    ESCALATION_STATE,
     DEAD_LETTER,
 )

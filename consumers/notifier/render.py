@@ -22,7 +22,7 @@ from email.message import EmailMessage
 from email.utils import format_datetime
 
 from schemas.common import Severity, Tier
-from schemas.notifications import NotificationRequest
+from schemas.notifications import NotificationKind, NotificationRequest
 
 # Hanoi has been on UTC+7 without daylight saving since 1975; a fixed offset avoids needing tzdata.
 HANOI = timezone(timedelta(hours=7), "UTC+7")
@@ -31,8 +31,14 @@ _WS = re.compile(r"\s+")
 
 
 def message_id_for(req: NotificationRequest) -> str:
-    """Stable Message-ID for (incident, recipient, step): a retry or replay reuses it."""
+    """Stable Message-ID for (incident, recipient, step): a retry or replay reuses it.
+
+    News of an acknowledgement or resolution is its own message (its notification id names
+    the action), not a repeat of the step's alert.
+    """
     raw = f"{req.incident_id}|{req.recipient.email.lower()}|{req.step}"
+    if req.kind in (NotificationKind.acknowledged, NotificationKind.resolved):
+        raw += f"|{req.notification_id}"
     return f"<{hashlib.sha256(raw.encode('utf-8')).hexdigest()[:32]}@escalate.local>"
 
 
@@ -98,15 +104,38 @@ def _when(value: datetime | None) -> str:
     return f"{local} (giờ Hà Nội / Hanoi time, UTC+7) — {utc}"
 
 
+KIND_SUBJECT: dict[NotificationKind, str] = {
+    NotificationKind.first_notice: "",
+    NotificationKind.reminder: "Nhắc lại / Reminder: ",
+    NotificationKind.escalation: "Chuyển cấp / Escalated: ",
+    NotificationKind.acknowledged: "Đã xác nhận / Acknowledged: ",
+    NotificationKind.resolved: "Đã xử lý / Resolved: ",
+    NotificationKind.review: "Cần xem xét / Review needed: ",
+}
+
+KIND_OPENING: dict[NotificationKind, str] = {
+    NotificationKind.first_notice: "Thông báo lần đầu / First notice",
+    NotificationKind.reminder: "NHẮC LẠI: quý đơn vị chưa xác nhận đã tiếp nhận"
+    " / REMINDER: your organisation has not acknowledged this incident yet",
+    NotificationKind.escalation: "CHUYỂN CẤP: các đơn vị được báo trước chưa xác nhận kịp thời"
+    " / ESCALATED: the organisations told first did not acknowledge in time",
+    NotificationKind.review: "CẦN XEM XÉT: hệ thống không chắc chắn về mức độ của báo cáo này"
+    " / REVIEW: the classifier is unsure how serious this report is",
+}
+
+
 def render_subject(req: NotificationRequest) -> str:
     """Severity and category first so the urgent ones stand out in a crowded inbox."""
     tags = f"[ESCALATE][{req.severity.value.upper()}]"
     if req.step > 0:
         tags += f"[STEP {req.step}]"
     school = req.school_name if not req.unknown_school else f"{req.school_name} (?)"
+    what = KIND_SUBJECT[req.kind]
+    if req.kind in (NotificationKind.acknowledged, NotificationKind.resolved) and req.acted_by:
+        what = f"{what}{req.acted_by.value} — "
     # category and severity are enums; everything else may hold anything the contract allows
     return _one_line(
-        f"{tags} {req.category.value} — {school} — {short_incident_id(req.incident_id)}"
+        f"{tags} {what}{req.category.value} — {school} — {short_incident_id(req.incident_id)}"
     )
 
 
@@ -140,15 +169,53 @@ def _contact_block(req: NotificationRequest) -> list[str]:
     return lines
 
 
-def render_body(req: NotificationRequest) -> str:
+def _action_block(action_url: str | None) -> list[str]:
+    if action_url is None:
+        return [
+            "Thư này được gửi tự động; vui lòng xác nhận đã tiếp nhận theo quy trình."
+            " / This message was sent automatically; please acknowledge it through the usual"
+            " process.",
+        ]
+    return [
+        "Xác nhận đã tiếp nhận, báo đã xử lý xong hoặc ghi chú tại liên kết riêng của quý đơn vị"
+        " (không chuyển tiếp thư này):",
+        "Acknowledge, mark as handled or add a note at your organisation's personal link"
+        " (do not forward this mail):",
+        f"  {action_url}",
+        "Chưa có đơn vị nào xác nhận thì sự việc sẽ được chuyển lên cấp trên."
+        " / If nobody acknowledges, the incident is escalated to the next level.",
+    ]
+
+
+def render_status_body(req: NotificationRequest, action_url: str | None = None) -> str:
+    """The short mail everyone already told gets when an organisation acknowledges or resolves."""
+    acted = "xác nhận đã tiếp nhận / acknowledged"
+    if req.kind is NotificationKind.resolved:
+        acted = "báo đã xử lý xong, không cần làm thêm / resolved, no further action"
+    by = req.acted_by.value if req.acted_by else "không rõ / unknown"
+    lines = [
+        "CẬP NHẬT SỰ CỐ / INCIDENT UPDATE",
+        "",
+        f"Mã sự cố / Incident: {_inline(req.incident_id)}",
+        f"Mức độ / Severity: {req.severity.value.upper()}",
+        f"Trường / School: {_inline(req.school_name)} (mã / code: {_inline(req.school_code)})",
+        f"Đơn vị / Organisation: {by} ({_inline(req.acted_by_name or '')})",
+        f"Đã / Has: {acted}",
+        "",
+        "Thư này chỉ để thông báo. / For your information only.",
+    ]
+    if action_url is not None:
+        lines += ["Tình trạng / Status:", f"  {action_url}"]
+    return "\n".join(lines) + "\n"
+
+
+def render_body(req: NotificationRequest, action_url: str | None = None) -> str:
     """Plain text with Vietnamese / English headings; every fact the recipient needs to act."""
-    if req.step == 0:
-        notice = "Thông báo lần đầu / First notice"
-    else:
-        notice = (
-            f"Nhắc / leo thang lần {req.step} (chưa được xác nhận)"
-            f" / Escalation step {req.step} (not yet acknowledged)"
-        )
+    if req.kind in (NotificationKind.acknowledged, NotificationKind.resolved):
+        return render_status_body(req, action_url)
+    notice = KIND_OPENING[req.kind]
+    if req.step > 0:
+        notice += f" — lần / step {req.step}"
     lines = [
         "CẢNH BÁO SỰ CỐ AN TOÀN TRỰC TUYẾN / ONLINE-SAFETY INCIDENT ALERT",
         notice,
@@ -196,8 +263,7 @@ def render_body(req: NotificationRequest) -> str:
         "",
         *_contact_block(req),
         "",
-        "Thư này được gửi tự động; vui lòng xác nhận đã tiếp nhận theo quy trình."
-        " / This message was sent automatically; please acknowledge it through the usual process.",
+        *_action_block(action_url),
     ]
     return "\n".join(lines) + "\n"
 
@@ -222,7 +288,11 @@ MAIL_POLICY = email_policy.default.clone(max_line_length=998)
 
 
 def render_email(
-    req: NotificationRequest, sender: str, *, now: datetime | None = None
+    req: NotificationRequest,
+    sender: str,
+    *,
+    now: datetime | None = None,
+    action_url: str | None = None,
 ) -> EmailMessage:
     """Build the message. ``now`` fixes the Date header (tests); by default the header is omitted
     here and set by the sender so each attempt carries its own date."""
@@ -243,7 +313,8 @@ def render_email(
     if req.severity is Severity.critical or req.immediate_danger:
         msg["Importance"] = "high"
         msg["X-Priority"] = "1"
-    msg.set_content(render_body(req), charset="utf-8")
+    msg["X-Escalate-Kind"] = req.kind.value
+    msg.set_content(render_body(req, action_url), charset="utf-8")
     return msg
 
 

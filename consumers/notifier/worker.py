@@ -21,6 +21,7 @@ import asyncio
 import json
 import logging
 import threading
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
@@ -45,7 +46,8 @@ from consumers.notifier.render import render_email, render_fallback_email
 from consumers.notifier.retry import RetryPolicy, Stopped, deliver_with_retries
 from consumers.notifier.sender import SendError, SmtpConfig, send
 from schemas.common import Severity, Tier, utcnow
-from schemas.notifications import DeliveryStatus, NotificationRequest
+from schemas.links import LinkClaims, LinkPurpose, LinkSigner, action_url
+from schemas.notifications import DeliveryStatus, NotificationKind, NotificationRequest
 from schemas.topics import AUDIT_EVENTS, DEAD_LETTER, NOTIFICATIONS_REQUESTED, NOTIFICATIONS_RESULTS
 
 log = logging.getLogger("escalate.notifier")
@@ -53,6 +55,14 @@ log = logging.getLogger("escalate.notifier")
 STAGE = "notifier"
 
 SendFn = Callable[[EmailMessage, SmtpConfig], Awaitable[None]]
+
+
+@dataclass(frozen=True)
+class LinkConfig:
+    """How to sign the personal action link each mail carries (schemas/links.py)."""
+
+    secret_key: str
+    public_url: str
 
 
 @dataclass(frozen=True)
@@ -67,6 +77,10 @@ class NotifierConfig:
     #: intake desk in the directory)
     fallback_recipients: tuple[str, ...] = ()
     max_poll_records: int = 10
+    links: LinkConfig | None = None
+    #: how many delivered notification ids to remember, so a request repeated by a replay or
+    #: a duplicated escalation step is not mailed twice by this process
+    remember_delivered: int = 50_000
 
 
 class NotifierMetrics:
@@ -107,6 +121,11 @@ class NotifierMetrics:
         )
         for outcome in ("delivered", "failed", "no_recipient"):
             self.fallback.labels(outcome=outcome)
+        self.duplicates = Counter(
+            "escalate_notifications_skipped_duplicates",
+            "Requests not mailed because the same notification id was delivered already.",
+            registry=registry,
+        )
 
 
 metrics_for = PerRegistry(NotifierMetrics)
@@ -170,6 +189,29 @@ class Notifier:
         self.dead_letter_topic = DEAD_LETTER.name(prefix)
         self.group_id = f"{config.app_id}-notifier"
         self._runner: asyncio.Runner | None = None
+        self._signer = LinkSigner(config.links.secret_key) if config.links else None
+        self._delivered: OrderedDict[str, None] = OrderedDict()
+        self._last_delivered: str | None = None
+
+    def _link(self, req: NotificationRequest) -> str | None:
+        if self._signer is None or self.config.links is None:
+            return None
+        token = self._signer.sign(
+            LinkClaims(
+                incident_id=req.incident_id,
+                recipient=req.recipient.email,
+                tier=req.recipient.tier,
+                purpose=LinkPurpose.review
+                if req.kind is NotificationKind.review
+                else LinkPurpose.act,
+            )
+        )
+        return action_url(self.config.links.public_url, token)
+
+    def _remember(self, notification_id: str) -> None:
+        self._delivered[notification_id] = None
+        while len(self._delivered) > self.config.remember_delivered:
+            self._delivered.popitem(last=False)
 
     # ---- one request ----
 
@@ -189,7 +231,13 @@ class Notifier:
         except ValidationError as exc:
             return self._unusable(record, validation_reason(exc))
 
-        msg = render_email(req, self.config.smtp.sender)
+        if req.notification_id in self._delivered:
+            # Delivered and committed already (a replay, or a step taken twice by a fenced
+            # escalator): the recipient has this mail; the trail has its record.
+            self.metrics.duplicates.inc()
+            log.info("skipped already delivered notification %s", req.notification_id)
+            return []
+        msg = render_email(req, self.config.smtp.sender, action_url=self._link(req))
         tier = req.recipient.tier.value
 
         def observe(attempt: int, error: SendError | None) -> None:
@@ -267,6 +315,7 @@ class Notifier:
             status=outcome.result.status.value,
         ).inc()
         if error is None:
+            self._last_delivered = req.notification_id
             log.info(
                 "notified incident=%s tier=%s recipient=%s step=%d attempts=%d message_id=%s",
                 req.incident_id,
@@ -335,10 +384,15 @@ class Notifier:
         for record in records:
             if stop.is_set():
                 return
+            self._last_delivered = None
             out = self.deliver(record, stop)
             if out is None:
                 return
+            delivered = self._last_delivered
             yield Handled([record], out)
+            # Resumed only after the loop published the outcome and committed the offset.
+            if delivered is not None:
+                self._remember(delivered)
 
     def incident_of(self, record: RecordLike) -> str | None:
         """The request's own incident id if it can be read, else its key (the incident id)."""

@@ -6,7 +6,6 @@ answer is 503, so no reporter is ever told 'accepted' for a report we could lose
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Callable
 from typing import Any
@@ -18,16 +17,18 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import ValidationError
 
+from producers.intake.actions import ActionDesk, ActionMetrics, add_action_routes
+from producers.intake.bodies import (
+    MAX_BODY_BYTES,
+    BodyError,
+    json_error,
+    parse_json,
+    read_body,
+)
 from producers.intake.errors import field_reasons
 from producers.intake.form import form_errors, pick_lang, render_accepted, render_form
 from producers.intake.publisher import PublishError, ReportPublisher
 from schemas.reports import ReportIn
-
-MAX_BODY_BYTES = 64 * 1024
-
-
-def _error(status: int, error: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": error, **extra}, status_code=status)
 
 
 class IntakeMetrics:
@@ -38,52 +39,8 @@ class IntakeMetrics:
             ["channel", "outcome"],
             registry=registry,
         )
-
-
-async def _read_body(request: Request) -> bytes | None:
-    """The body, or None when it exceeds the limit (checked while reading, not after)."""
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        return None
-    chunks = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
-class BodyError(ValueError):
-    """A request body that is not one JSON document; the message is safe to show the client."""
-
-
-def _parse_json(body: bytes) -> Any:
-    """The JSON document in ``body``; anything that cannot be read as one is a BodyError.
-
-    ``json.loads`` fails in more ways than JSONDecodeError: deep nesting raises RecursionError,
-    an integer of more than 4,300 digits raises a plain ValueError (Python's int max-str-digits
-    guard). Each must be the client's 400, never our 500. The reasons name the problem without
-    quoting the body, which may hold a child's report.
-    """
-    try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise BodyError(
-            f"body is not valid UTF-8 JSON: invalid UTF-8 at byte {exc.start}"
-        ) from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise BodyError(
-            f"body is not valid UTF-8 JSON: {exc.msg} at line {exc.lineno} column {exc.colno}"
-        ) from None
-    except RecursionError:
-        raise BodyError("body is not valid UTF-8 JSON: nested too deeply") from None
-    except ValueError:
-        # The only other ValueError json.loads raises is for numbers too long to convert.
-        raise BodyError("body is not valid UTF-8 JSON: a number has too many digits") from None
+        # Registered with the intake's own metrics so they exist (at zero) in every intake.
+        self.actions = ActionMetrics(registry)
 
 
 def create_app(
@@ -91,10 +48,17 @@ def create_app(
     api_keys: dict[str, str],
     registry: CollectorRegistry,
     extra_ready: Callable[[], dict[str, bool]] | None = None,
+    actions: ActionDesk | None = None,
 ) -> FastAPI:
-    """``api_keys`` maps each accepted key to the client name recorded with its reports."""
+    """``api_keys`` maps each accepted key to the client name recorded with its reports.
+
+    With ``actions`` the app also serves the personal links of notification mails
+    (``/a/{token}``) and the authority API (``/v1/incidents/…``); without, only intake.
+    """
     app = FastAPI(title="incident-escalation intake", version="1", docs_url="/docs")
     metrics = IntakeMetrics(registry)
+    if actions is not None:
+        add_action_routes(app, actions, metrics.actions)
 
     def client_for(key: str | None) -> str | None:
         if not key:
@@ -127,29 +91,29 @@ def create_app(
         client = client_for(request.headers.get("x-api-key"))
         if client is None:
             metrics.requests.labels("unknown", "unauthorized").inc()
-            return _error(401, "missing or unknown X-API-Key header")
-        body = await _read_body(request)
+            return json_error(401, "missing or unknown X-API-Key header")
+        body = await read_body(request)
         if body is None:
             metrics.requests.labels("unknown", "invalid").inc()
-            return _error(413, f"request body larger than {MAX_BODY_BYTES} bytes")
+            return json_error(413, f"request body larger than {MAX_BODY_BYTES} bytes")
         try:
-            data = _parse_json(body)
+            data = parse_json(body)
         except BodyError as exc:
             metrics.requests.labels("unknown", "invalid").inc()
-            return _error(400, str(exc))
+            return json_error(400, str(exc))
         if not isinstance(data, dict):
             metrics.requests.labels("unknown", "invalid").inc()
-            return _error(400, "body must be a JSON object describing one report")
+            return json_error(400, "body must be a JSON object describing one report")
         try:
             report = ReportIn.model_validate(data)
         except ValidationError as exc:
             metrics.requests.labels("unknown", "invalid").inc()
-            return _error(422, "the report is not valid", fields=field_reasons(exc))
+            return json_error(422, "the report is not valid", fields=field_reasons(exc))
         try:
             submitted = await run_in_threadpool(publisher.publish, report, client)
         except PublishError as exc:
             metrics.requests.labels(report.channel.value, "unavailable").inc()
-            return _error(503, f"report not stored, please retry: {exc}", retry=True)
+            return json_error(503, f"report not stored, please retry: {exc}", retry=True)
         metrics.requests.labels(report.channel.value, "accepted").inc()
         return JSONResponse(
             {"report_id": submitted.report_id, "tracking_code": submitted.tracking_code},
@@ -163,7 +127,7 @@ def create_app(
     @app.post("/report", response_class=HTMLResponse)
     async def report_form_post(request: Request, lang: str | None = None) -> HTMLResponse:
         language = pick_lang(lang)
-        body = await _read_body(request)
+        body = await read_body(request)
         if body is None:
             metrics.requests.labels("web_form", "invalid").inc()
             return HTMLResponse(render_form(language, errors=["too large"]), status_code=413)

@@ -92,7 +92,7 @@ def test_evaluate_file_fails_on_a_missed_critical(tmp_path: Path) -> None:
     bare = parse_yaml_text(
         """
 severities:
-  critical: {notify: [school, police], ack_within: 15m}
+  critical: {notify: [school, district_office, city_office, police], ack_within: 15m}
   high: {notify: [school], ack_within: 1h}
   medium: {notify: [school], ack_within: 4h}
   low: {notify: [school], ack_within: 24h}

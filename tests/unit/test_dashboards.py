@@ -27,6 +27,7 @@ from escalate.components import METRICS_OFFSET
 from escalate.settings import Settings
 from producers.intake.app import IntakeMetrics
 from stream_processors.app import ProcessorMetrics
+from stream_processors.escalation.worker import EscalatorMetrics
 from tests.conftest import REPO
 
 DASHBOARD = REPO / "deploy" / "grafana" / "escalate-dashboard.json"
@@ -71,6 +72,7 @@ def registry_families() -> dict[str, str]:
     AuditMetrics(registry)
     DeadLetterMetrics(registry)
     LoopMetrics(registry)
+    EscalatorMetrics(registry)
     return {family.name: family.type for family in registry.collect()}
 
 

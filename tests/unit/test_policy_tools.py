@@ -69,7 +69,7 @@ def test_show_round_trip_keeps_the_version(policy: Policy, tmp_path: Path) -> No
 def test_show_quotes_words_yaml_would_read_as_booleans() -> None:
     text = """
 severities:
-  critical: {notify: [police], ack_within: 15m}
+  critical: {notify: [school, district_office, city_office, police], ack_within: 15m}
   high: {notify: [school], ack_within: 1h}
   medium: {notify: [school], ack_within: 4h}
   low: {notify: [school], ack_within: 24h}

@@ -24,7 +24,12 @@ from consumers.notifier.render import (
 )
 from consumers.notifier.sender import SendError
 from schemas.common import Category, Severity, Tier
-from schemas.notifications import DeliveryStatus, NotificationRequest, Recipient
+from schemas.notifications import (
+    DeliveryStatus,
+    NotificationKind,
+    NotificationRequest,
+    Recipient,
+)
 from tests.strategies import notification_requests
 
 SENDER = "escalate@so.example"
@@ -86,7 +91,8 @@ def body_lines(req: NotificationRequest) -> list[str]:
 @example(base(description=HOSTILE * 3, rules_version=HOSTILE, tracking_codes=[HOSTILE]))
 def test_every_accepted_request_renders_and_cannot_fake_a_line(req: NotificationRequest) -> None:
     lines = body_lines(req)
-    for start in ONCE:
+    status_only = req.kind in (NotificationKind.acknowledged, NotificationKind.resolved)
+    for start in ONCE[:2] if status_only else ONCE:
         assert sum(line.startswith(start) for line in lines) == 1, (start, lines)
 
 

@@ -1,0 +1,79 @@
+"""Where an incident stands: who was told, who acknowledged, when the next step is due.
+
+The escalator keeps one ``EscalationState`` per incident on the compacted topic
+``escalation.state.v1`` (key: incident id), written in the same Kafka transaction as the
+notifications and audit events that changed it, so a worker killed at any moment resumes from
+exactly the last committed state. The intake reads the same topic to show an incident's status.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.common import Category, Severity, Tier
+from schemas.incidents import IncidentClassified
+
+
+class IncidentStatus(StrEnum):
+    open = "open"  # nobody has acknowledged yet
+    acknowledged = "acknowledged"
+    resolved = "resolved"
+
+
+class Acknowledgement(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    by: str = Field(description="The recipient's address or the authority client's name.")
+    at: datetime
+    via: Literal["link", "api"]
+
+
+class TierState(BaseModel):
+    """One organisation's part in an incident."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    notified_at_step: int | None = Field(
+        default=None, description="The step at which this tier was first told; None: not yet."
+    )
+    acknowledged: Acknowledgement | None = None
+
+
+class EscalationState(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = 1
+    incident_id: str
+    incident: IncidentClassified | None = Field(
+        default=None,
+        description="None while only actions are known (an acknowledgement can overtake the "
+        "routing of its incident); they are kept and applied when the incident arrives.",
+    )
+    severity: Severity | None = Field(default=None, description="Current, after any review.")
+    category: Category | None = None
+    step: int = Field(default=0, ge=0, description="The last step taken; 0 is the first notice.")
+    next_due: datetime | None = Field(
+        default=None, description="When the next step is due; None: no further step."
+    )
+    reminders_at_top: int = Field(
+        default=0, ge=0, description="Reminders sent after the ladder ended (bounded by policy)."
+    )
+    tiers: dict[Tier, TierState] = Field(default_factory=dict)
+    resolved: Acknowledgement | None = None
+    resolved_tier: Tier | None = None
+    applied_actions: list[str] = Field(
+        default_factory=list, description="Ids of the actions already applied (bounded)."
+    )
+    updated_at: datetime
+
+    @property
+    def status(self) -> IncidentStatus:
+        if self.resolved is not None:
+            return IncidentStatus.resolved
+        if any(t.acknowledged for t in self.tiers.values()):
+            return IncidentStatus.acknowledged
+        return IncidentStatus.open

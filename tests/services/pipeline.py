@@ -1,0 +1,124 @@
+"""The pipeline as separate processes, the way it is deployed: one ``escalate run NAME`` each.
+
+Tests start the components they need against the test broker and an SMTP sink, kill one with
+SIGKILL when a test is about crashes, and start it again.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from email import message_from_bytes
+from email.message import Message
+from email.policy import default as default_policy
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiosmtpd.controller import Controller
+
+T = TypeVar("T")
+
+
+@dataclass
+class Mail:
+    to: list[str]
+    msg: Message
+    at: float  # time.time() when the sink took it
+
+    @property
+    def kind(self) -> str:
+        return str(self.msg["X-Escalate-Kind"] or "")
+
+    @property
+    def incident(self) -> str:
+        return str(self.msg["X-Escalate-Incident"] or "")
+
+    @property
+    def step(self) -> int:
+        return int(self.msg["X-Escalate-Step"] or -1)
+
+    def body(self) -> str:
+        part = self.msg.get_body(preferencelist=("plain",))
+        return "" if part is None else str(part.get_content())  # type: ignore[union-attr]
+
+
+@dataclass
+class Sink:
+    """A real SMTP server (aiosmtpd) that keeps what it received, with arrival times."""
+
+    mails: list[Mail] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        msg = message_from_bytes(envelope.original_content, policy=default_policy)
+        with self.lock:
+            self.mails.append(Mail(list(envelope.rcpt_tos), msg, time.time()))
+        return "250 OK"
+
+    def about(self, incident_id: str) -> list[Mail]:
+        with self.lock:
+            return [m for m in self.mails if m.incident == incident_id]
+
+
+def start_sink(port: int) -> tuple[Sink, Controller]:
+    sink = Sink()
+    controller = Controller(sink, hostname="127.0.0.1", port=port)
+    controller.start()
+    return sink, controller
+
+
+class Components:
+    """``escalate run NAME`` subprocesses sharing one environment; logs under ``log_dir``."""
+
+    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+        self.env = {**os.environ, **env}
+        self.log_dir = log_dir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, *names: str) -> None:
+        for name in names:
+            with (self.log_dir / f"{name}.log").open("ab") as out:
+                self.procs[name] = subprocess.Popen(
+                    [sys.executable, "-m", "escalate.cli", "run", name],
+                    env=self.env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                )
+
+    def kill(self, name: str) -> None:
+        proc = self.procs[name]
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+
+    def alive(self, name: str) -> bool:
+        return self.procs[name].poll() is None
+
+    def log(self, name: str) -> str:
+        return (self.log_dir / f"{name}.log").read_text("utf-8", "replace")
+
+    def stop_all(self) -> None:
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in self.procs.values():
+            try:
+                proc.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def wait_for(check: Callable[[], T], timeout_s: float = 90, what: str = "condition") -> T:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = check()
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.25)
