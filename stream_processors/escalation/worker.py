@@ -34,7 +34,7 @@ from pydantic import BaseModel, ValidationError
 
 from consumers.dead_letters import DeadLetters, Reason, describe_failure
 from schemas.actions import IncidentAction
-from schemas.common import utcnow
+from schemas.common import Severity, utcnow
 from schemas.escalation import EscalationState
 from schemas.incidents import IncidentClassified
 from schemas.topics import (
@@ -75,6 +75,8 @@ class EscalatorMetrics:
             ["severity"],
             registry=registry,
         )
+        for severity in Severity:  # from zero, so increase() sees the very first step
+            self.steps.labels(severity=severity.value)
         self.lateness = Histogram(
             "escalate_escalation_lateness_seconds",
             "How long after its deadline a step was taken.",

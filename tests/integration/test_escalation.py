@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+import httpx
 import pytest
 import yaml
 from kafka import KafkaConsumer, KafkaProducer
@@ -61,6 +62,7 @@ class Pipeline:
     prefix: str
     sink: Sink
     components: Components
+    base_url: str
 
     def report(self, description: str, **extra: object) -> str:
         publisher = ReportPublisher(self.bootstrap, self.prefix)
@@ -97,6 +99,9 @@ class Pipeline:
         producer.close()
 
     def first_requests(self, incident: str) -> list[NotificationRequest]:
+        return [r for r in self.all_first_requests() if r.incident_id == incident]
+
+    def all_first_requests(self) -> list[NotificationRequest]:
         consumer = KafkaConsumer(
             NOTIFICATIONS_REQUESTED.name(self.prefix),
             bootstrap_servers=self.bootstrap,
@@ -108,16 +113,22 @@ class Pipeline:
             found = [NotificationRequest.model_validate_json(m.value) for m in consumer]
         finally:
             consumer.close()
-        return [r for r in found if r.incident_id == incident and r.step == 0]
+        return [r for r in found if r.step == 0]
 
 
 @contextlib.contextmanager
 def start_pipeline(
-    kafka_bootstrap: str, isolation: str, tmp_path: Path, ack_within: str
+    kafka_bootstrap: str,
+    isolation: str,
+    tmp_path: Path,
+    ack_within: str,
+    *,
+    intake: bool = False,
 ) -> Iterator[Pipeline]:
     prefix = f"{isolation}."
     ensure_topics(kafka_bootstrap, prefix)
     sink, controller = start_sink(free_port())
+    http_port = free_port()
     components = Components(
         {
             "ESCALATE_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
@@ -127,16 +138,18 @@ def start_pipeline(
             "ESCALATE_SMTP_PORT": str(controller.port),
             "ESCALATE_POLICY_FILE": str(fast_policy(tmp_path / "policy.yaml", ack_within)),
             "ESCALATE_METRICS_PORT": "0",
-            "ESCALATE_PUBLIC_URL": "https://escalate.example",
+            "ESCALATE_PUBLIC_URL": f"http://127.0.0.1:{http_port}",
+            "ESCALATE_HTTP_PORT": str(http_port),
+            "ESCALATE_INTAKE_API_KEYS": "test=test-key",
             "ESCALATE_SECRET_KEY": "test-secret",
             "ESCALATE_VAR_DIR": str(tmp_path / "var"),
             "ESCALATE_INSTANCE_ID": "one",
         },
         tmp_path,
     )
-    components.start("processors", "escalator", "notifier")
+    components.start("processors", "escalator", "notifier", *(["intake"] if intake else []))
     try:
-        yield Pipeline(kafka_bootstrap, prefix, sink, components)
+        yield Pipeline(kafka_bootstrap, prefix, sink, components, f"http://127.0.0.1:{http_port}")
     finally:
         components.stop_all()
         controller.stop()
@@ -204,7 +217,7 @@ def test_a_high_report_nobody_acknowledges_climbs_to_the_city_office_never_the_p
     assert len({m.msg["Message-ID"] for m in mails}) == len(mails), "a mail was sent twice"
     escalation = next(m for m in mails if m.kind == "escalation")
     assert "Chuyển cấp / Escalated" in str(escalation.msg["Subject"])
-    assert "https://escalate.example/a/" in escalation.body()
+    assert f"{pipeline.base_url}/a/" in escalation.body()
     assert "Nhắc lại / Reminder" in str(
         next(m for m in mails if m.kind == "reminder").msg["Subject"]
     )
@@ -301,3 +314,144 @@ def test_an_escalator_killed_before_the_deadline_escalates_once_and_on_time(
         # read), with the mail's own path on top; never early.
         assert late > -0.5
         assert late < down + 10
+
+
+LINK = re.compile(r"(http://\S+/a/\S+)")
+
+
+def actions_on_topic(pipeline: Pipeline) -> list[bytes]:
+    consumer = KafkaConsumer(
+        INCIDENTS_ACTIONS.name(pipeline.prefix),
+        bootstrap_servers=pipeline.bootstrap,
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=2000,
+        isolation_level="read_committed",
+    )
+    try:
+        return [m.value for m in consumer]
+    finally:
+        consumer.close()
+
+
+def test_the_mailed_link_acknowledges_only_by_post_and_stops_the_climb(
+    kafka_bootstrap: str, isolation: str, tmp_path: Path
+) -> None:
+    with start_pipeline(kafka_bootstrap, isolation, tmp_path, "12s", intake=True) as pipeline:
+        wait_for(
+            lambda: _answers(pipeline.base_url),
+            what="the intake",
+        )
+        incident = pipeline.report(BULLYING, category_hint="cyberbullying")
+        school, district = ADDRESSES[Tier.school], ADDRESSES[Tier.district_office]
+        wait_for(
+            lambda: (
+                by_kind(pipeline.sink.about(incident)).get(("first_notice", 0)) == school | district
+            ),
+            what="the first notices",
+        )
+        mail = next(m for m in pipeline.sink.about(incident) if set(m.to) == school)
+        found = LINK.search(mail.body())
+        assert found, mail.body()
+        link = found.group(1)
+
+        # A mail scanner or a link preview opens the link: nothing may change.
+        page = httpx.get(link, timeout=10)
+        assert page.status_code == 200 and incident in page.text
+        httpx.get(link, params={"lang": "en"}, timeout=10)
+        assert actions_on_topic(pipeline) == []
+
+        # The school leadership presses the button on the page.
+        nonce = re.search(r'name="nonce" value="([^"]+)"', page.text)
+        assert nonce
+        answer = httpx.post(
+            link,
+            data={"action": "acknowledge", "nonce": nonce.group(1), "note": ""},
+            headers={"Origin": pipeline.base_url},
+            timeout=10,
+        )
+        assert answer.status_code == 303, answer.text
+        wait_for(
+            lambda: told(pipeline.sink.about(incident), "acknowledged") == school | district,
+            timeout_s=30,
+            what="everyone told of the acknowledgement",
+        )
+        news = next(m for m in pipeline.sink.about(incident) if m.kind == "acknowledged")
+        assert "school" in news.body()
+        # The deadline passes: the climb stopped, the city office is never told.
+        due = pipeline.first_requests(incident)[0].ack_due_at.timestamp()
+        time.sleep(max(0.0, due + 6 - time.time()))
+        kinds = {m.kind for m in pipeline.sink.about(incident)}
+        assert kinds == {"first_notice", "acknowledged"}
+        status = httpx.get(link, timeout=10).text
+        assert "school" in status
+
+
+def _answers(base_url: str) -> bool:
+    try:
+        return httpx.get(f"{base_url}/healthz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def test_a_second_escalator_takes_over_a_killed_one_and_escalates_once(
+    kafka_bootstrap: str, isolation: str, tmp_path: Path
+) -> None:
+    with start_pipeline(kafka_bootstrap, isolation, tmp_path, "15s") as pipeline:
+        # A second worker under another name: the group splits the partitions between them.
+        spare = Components({**pipeline.components.env, "ESCALATE_INSTANCE_ID": "two"}, tmp_path)
+        (tmp_path / "spare").mkdir()
+        spare.log_dir = tmp_path / "spare"
+        spare.start("escalator")
+        try:
+            warm_up = pipeline.report(BULLYING, category_hint="cyberbullying")
+            wait_for(lambda: pipeline.sink.about(warm_up), what="the pipeline to start")
+            time.sleep(5)  # let the group settle with both workers
+            incidents = [
+                pipeline.report(f"{BULLYING} ({n})", category_hint="cyberbullying")
+                for n in range(6)
+            ]
+            wait_for(
+                lambda: all(
+                    any(m.kind == "first_notice" for m in pipeline.sink.about(i)) for i in incidents
+                ),
+                what="the first notices",
+            )
+            dues = {
+                r.ack_due_at.timestamp()
+                for r in pipeline.all_first_requests()
+                if r.incident_id in incidents
+            }
+            first_due, due = min(dues), max(dues)
+            # Worker "one" dies a second before the first deadline; "two" must take over.
+            time.sleep(max(0.0, first_due - 1.0 - time.time()))
+            pipeline.components.kill("escalator")
+            killed = time.time()
+            city = ADDRESSES[Tier.city_office]
+            wait_for(
+                lambda: all(
+                    by_kind(pipeline.sink.about(i)).get(("escalation", 1)) == city
+                    for i in incidents
+                ),
+                timeout_s=120,
+                what="every incident escalated by the surviving worker",
+            )
+            time.sleep(3)
+            due = max(
+                r.ack_due_at.timestamp() for i in incidents for r in pipeline.first_requests(i)
+            )
+            for incident in incidents:
+                escalations = [m for m in pipeline.sink.about(incident) if m.kind == "escalation"]
+                assert len(escalations) == len(city), f"{incident} escalated twice"
+            last = max(
+                m.at for i in incidents for m in pipeline.sink.about(i) if m.kind == "escalation"
+            )
+            print(
+                f"killed {first_due - killed:.1f} s before the first deadline;"
+                f" the last escalation came {last - due:.1f} s after the last deadline"
+            )
+            # The survivor notices after the session timeout (10 s), then rebalances and reads
+            # the state back; a step may be late by that, never missing, never doubled.
+            assert last - due < 40
+            assert spare.alive("escalator")
+        finally:
+            spare.stop_all()

@@ -166,10 +166,10 @@ def test_the_notifier_sets_a_poison_request_aside_and_delivers_the_next(
     # checks that), so the fault is planted: rendering raises for one incident.
     real_render = notifier_worker.render_email
 
-    def render(req: NotificationRequest, sender: str) -> Any:
+    def render(req: NotificationRequest, sender: str, **kwargs: Any) -> Any:
         if req.incident_id == "inc-poison":
             raise OverflowError("planted fault")
-        return real_render(req, sender)
+        return real_render(req, sender, **kwargs)
 
     monkeypatch.setattr(notifier_worker, "render_email", render)
     poison = request("inc-poison")
