@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import traceback
 from enum import StrEnum
+from typing import Protocol
 
 from prometheus_client import CollectorRegistry, Counter
 
@@ -55,6 +56,21 @@ def describe_failure(exc: BaseException) -> str:
     return f"{type(exc).__name__}{where if frames else ''}"
 
 
+class SourceRecord(Protocol):
+    """Where a message came from: kafka-python's ConsumerRecord has these, and so do fakes."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
 class DeadLetters:
     """Builds, counts and logs the dead letters of one stage."""
 
@@ -97,4 +113,19 @@ class DeadLetters:
             reason=f"{reason.value}: {detail}",
             at=utcnow(),
             payload=(value or b"").decode("utf-8", "replace"),
+        )
+
+    def of(
+        self, record: SourceRecord, reason: Reason, detail: str, incident_id: str | None = None
+    ) -> DeadLetter:
+        """The dead letter for a consumed record."""
+        return self.letter(
+            topic=record.topic,
+            partition=record.partition,
+            offset=record.offset,
+            key=record.key,
+            value=record.value,
+            reason=reason,
+            detail=detail,
+            incident_id=incident_id,
         )

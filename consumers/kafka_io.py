@@ -153,15 +153,11 @@ def publish(producer: Any, outgoing: Sequence[Outgoing]) -> None:
 
 
 def poison_letter(stage: Stage, topic: str, record: RecordLike, exc: Exception) -> Outgoing:
-    letter = stage.dead_letters.letter(
-        topic=record.topic,
-        partition=record.partition,
-        offset=record.offset,
-        key=record.key,
-        value=record.value,
-        reason=Reason.failed,
-        detail=f"{stage.name} raised {describe_failure(exc)}",
-        incident_id=stage.incident_of(record),
+    letter = stage.dead_letters.of(
+        record,
+        Reason.failed,
+        f"{stage.name} raised {describe_failure(exc)}",
+        stage.incident_of(record),
     )
     return Outgoing(topic, record.key, to_json(letter))
 

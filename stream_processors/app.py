@@ -163,16 +163,8 @@ def create_app(
 
     async def dead_letter(event: Any, stage: str, reason: Reason, detail: str) -> None:
         message = event.message
-        letter = letters[stage].letter(
-            topic=message.topic,
-            partition=message.partition,
-            offset=message.offset,
-            key=message.key,
-            value=message.value,
-            reason=reason,
-            detail=detail,
-            incident_id=_incident_of(message.key, report_key=stage == "classify"),
-        )
+        incident = _incident_of(message.key, report_key=stage == "classify")
+        letter = letters[stage].of(message, reason, detail, incident)
         await emit(event, DEAD_LETTER, message.key, letter)
 
     async def valid(

@@ -237,16 +237,7 @@ class AuditWriter:
             return
 
     def _letter(self, record: RecordLike, reason: Reason, detail: str) -> Outgoing:
-        letter = self.dead_letters.letter(
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key=record.key,
-            value=record.value,
-            reason=reason,
-            detail=detail,
-            incident_id=self.incident_of(record),
-        )
+        letter = self.dead_letters.of(record, reason, detail, self.incident_of(record))
         return Outgoing(self.dead_letter_topic, record.key, to_json(letter))
 
     # ---- the stage, as the consumer loop sees it ----

@@ -283,16 +283,7 @@ class Notifier:
     def _letter(
         self, record: RecordLike, reason: Reason, detail: str, incident_id: str | None
     ) -> Outgoing:
-        letter = self.dead_letters.letter(
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key=record.key,
-            value=record.value,
-            reason=reason,
-            detail=detail,
-            incident_id=incident_id,
-        )
+        letter = self.dead_letters.of(record, reason, detail, incident_id)
         return Outgoing(self.dead_letter_topic, record.key, to_json(letter))
 
     def _run_async(self, coro: Awaitable[None]) -> None:

@@ -304,16 +304,7 @@ class Escalator:
         reason_word, _, detail = problem.partition(": ")
         reason = Reason.failed if reason_word == "failed" else Reason.unparseable
         key = record.key.decode("utf-8", "replace") if record.key else None
-        letter = self.dead_letters.letter(
-            topic=record.topic,
-            partition=record.partition,
-            offset=record.offset,
-            key=record.key,
-            value=record.value,
-            reason=reason,
-            detail=detail or problem,
-            incident_id=key,
-        )
+        letter = self.dead_letters.of(record, reason, detail or problem, key)
         return (self.dead_letter_topic, record.key or b"", letter)
 
     def _tick(self) -> None:
