@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel
 
-from consumers.dead_letters import DeadLetters, Reason, describe_failure
+from consumers.dead_letters import DeadLetters, Reason, SourceRecord, describe_failure
 from consumers.metrics_registry import PerRegistry
 from schemas.validation import validation_reason
 
@@ -49,19 +49,8 @@ __all__ = [
 ]
 
 
-class RecordLike(Protocol):
-    """The parts of a kafka-python ConsumerRecord the consumers use (tests pass their own)."""
-
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-    @property
-    def key(self) -> bytes | None: ...
-    @property
-    def value(self) -> bytes | None: ...
+# The parts of a kafka-python ConsumerRecord the consumers use (tests pass their own).
+RecordLike = SourceRecord
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histo
 from pydantic import BaseModel, ValidationError
 
 from consumers.dead_letters import DeadLetters, Reason, describe_failure
+from consumers.metrics_registry import PerRegistry
 from schemas.actions import IncidentAction
 from schemas.common import Severity, utcnow
 from schemas.escalation import EscalationState
@@ -102,6 +103,9 @@ class EscalatorMetrics:
         )
 
 
+metrics_for = PerRegistry(EscalatorMetrics)
+
+
 class Escalator:
     def __init__(
         self,
@@ -115,7 +119,7 @@ class Escalator:
         self.holder = holder
         self.registry = registry
         self.clock = clock
-        self.metrics = EscalatorMetrics(registry)
+        self.metrics = metrics_for(registry)
         self.dead_letters = DeadLetters(STAGE, registry)
         prefix = config.topic_prefix
         self.classified_topic = INCIDENTS_CLASSIFIED.name(prefix)
