@@ -121,6 +121,23 @@ def cmd_send(args: argparse.Namespace) -> int:
         return send_lines(fh, url, key, sys.stdout)
 
 
+def cmd_review_export(args: argparse.Namespace) -> int:
+    from escalate.components import require_bootstrap
+    from stream_processors.escalation.review_export import read_states, write_corpus
+
+    settings = _settings()
+    states, unreadable = read_states(require_bootstrap(settings), settings.topic_prefix)
+    if unreadable:
+        print(f"{unreadable} unreadable state record(s) skipped", file=sys.stderr)
+    if args.file == "-":
+        count = write_corpus(states, sys.stdout)
+    else:
+        with open(args.file, "w", encoding="utf-8") as fh:
+            count = write_corpus(states, fh)
+        print(f"wrote {count} reviewed report(s) to {args.file}")
+    return 0
+
+
 def cmd_schemas_export(args: argparse.Namespace) -> int:
     from schemas.export import export_json_schemas
 
@@ -187,6 +204,15 @@ def build_parser() -> argparse.ArgumentParser:
     send.add_argument("file", help="JSON lines, one report (or {'report': ...}) each; '-' = stdin")
     send.add_argument("--url", help="intake base URL (default from ESCALATE_HTTP_HOST/PORT)")
     send.add_argument("--api-key", help="X-API-Key to use (default: first configured key)")
+
+    review = sub.add_parser("review", help="human triage of the classifier's decisions")
+    rsub = review.add_subparsers(dest="review_command", required=True)
+    rexp = rsub.add_parser(
+        "export",
+        help="write reviewed reports as a labelled corpus for `escalate classify --evaluate`",
+    )
+    rexp.add_argument("file", help="JSON-lines file to write; '-' for stdout")
+    rexp.set_defaults(func=cmd_review_export)
 
     schemas = sub.add_parser("schemas", help="event contracts")
     ssub = schemas.add_subparsers(dest="schemas_command", required=True)

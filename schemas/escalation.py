@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from datetime import datetime
 from enum import StrEnum
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.common import Category, Severity, Tier
 from schemas.incidents import IncidentClassified
@@ -43,6 +43,30 @@ class TierState(BaseModel):
     acknowledged: Acknowledgement | None = None
 
 
+class ReviewState(BaseModel):
+    """Human triage of an incident (policy ``review``): asked when, answered by whom."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(description="Why it went to triage (ReviewReason), or 'unasked'.")
+    opened_at: datetime
+    due: datetime | None = Field(
+        default=None,
+        description="When the next rung of the review ladder is asked; None: reviewed, "
+        "resolved, or the ladder is spent.",
+    )
+    ladder_position: int = Field(
+        default=0, ge=0, description="Rungs of the review ladder already asked or skipped."
+    )
+    reviewed_by: str | None = None
+    reviewed_at: datetime | None = None
+    reviewed_tier: Tier | None = None
+    previous_severity: Severity | None = Field(
+        default=None, description="The severity before the latest review."
+    )
+    previous_category: Category | None = None
+
+
 class EscalationState(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -57,7 +81,14 @@ class EscalationState(BaseModel):
     category: Category | None = None
     step: int = Field(default=0, ge=0, description="The last step taken; 0 is the first notice.")
     next_due: datetime | None = Field(
-        default=None, description="When the next step is due; None: no further step."
+        default=None,
+        description="The earliest of escalation_due and review.due: the one time the worker "
+        "watches. None: nothing further is due.",
+    )
+    escalation_due: datetime | None = Field(
+        default=None,
+        description="When the next escalation step is due; None: no further step. A state "
+        "written before reviews existed has only next_due, which meant this.",
     )
     reminders_at_top: int = Field(
         default=0, ge=0, description="Reminders sent after the ladder ended (bounded by policy)."
@@ -65,10 +96,21 @@ class EscalationState(BaseModel):
     tiers: dict[Tier, TierState] = Field(default_factory=dict)
     resolved: Acknowledgement | None = None
     resolved_tier: Tier | None = None
+    review: ReviewState | None = Field(
+        default=None, description="Present when the incident went to triage or was reviewed."
+    )
     applied_actions: list[str] = Field(
         default_factory=list, description="Ids of the actions already applied (bounded)."
     )
     updated_at: datetime
+
+    @model_validator(mode="before")
+    @classmethod
+    def _escalation_due_from_next_due(cls, data: Any) -> Any:
+        # States on the compacted topic from before reviews carry one deadline, next_due.
+        if isinstance(data, dict) and "escalation_due" not in data and "next_due" in data:
+            return {**data, "escalation_due": data["next_due"]}
+        return data
 
     @property
     def status(self) -> IncidentStatus:

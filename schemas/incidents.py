@@ -10,6 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field
 from schemas.common import Category, Severity
 from schemas.reports import ReportIn
 
+#: The reason the classifier adds when the reporter ticked immediate_danger and no matched rule
+#: is critical: the decision is critical only on the reporter's word (a category_hint is the
+#: reporter's word too). Triage keys on it (``ReviewPolicy.danger_without_rule``).
+DANGER_WITHOUT_RULE = "immediate_danger ticked; no critical rule matched"
+
 
 class Decision(BaseModel):
     """Why a report got its severity and category; kept with the incident for the audit trail."""

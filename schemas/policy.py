@@ -4,11 +4,22 @@ from __future__ import annotations
 
 import re
 from datetime import timedelta
+from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PlainSerializer, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
 
 from schemas.common import Severity, Tier
+from schemas.incidents import DANGER_WITHOUT_RULE, Decision
+from schemas.reports import ReportIn
 from schemas.rules import ClassificationRules
 
 _DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
@@ -75,6 +86,113 @@ class AcknowledgementPolicy(BaseModel):
     )
 
 
+class ReviewDesk(StrEnum):
+    """Review recipients that are not a tier of the incident's own chain."""
+
+    intake_desk = "intake_desk"  # the city office's intake desk (directory: intake_desk_emails)
+
+
+class ReviewReason(StrEnum):
+    """Why an incident went to triage; the first that applies, in this order."""
+
+    danger_without_rule = "danger_without_rule"
+    needs_review = "needs_review"
+    severity = "severity"
+
+
+class ReviewStep(BaseModel):
+    """One rung of the review ladder: who is asked next when nobody has reviewed in time."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tier: Tier
+    only_if_danger_ticked: bool = Field(
+        default=False,
+        description="Skip this rung unless the reporter ticked immediate_danger.",
+    )
+
+
+def _default_review_ladder() -> list[ReviewStep]:
+    return [
+        ReviewStep(tier=Tier.city_office),
+        ReviewStep(tier=Tier.police, only_if_danger_ticked=True),
+    ]
+
+
+def _default_review_desk() -> list[ReviewDesk | Tier]:
+    return [ReviewDesk.intake_desk]
+
+
+class ReviewPolicy(BaseModel):
+    """Human triage of what the rule classifier may have got wrong.
+
+    The rules miss indirect wording, and a miss lands in other/low, where only the school hears
+    of it within a day. So a person at the city office looks at every report the policy selects
+    here, within ``within``, and may set severity and category; a raise re-routes at once.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    needs_review: bool = Field(
+        default=True, description="Triage every decision the classifier flagged needs_review."
+    )
+    severities: list[Severity] = Field(
+        default_factory=lambda: [Severity.low],
+        description="Triage every decision of these severities, flagged or not.",
+    )
+    danger_without_rule: bool = Field(
+        default=True,
+        description="Triage a report whose reporter ticked immediate_danger when no matched "
+        f"rule is critical on its own: the decision's reasons hold '{DANGER_WITHOUT_RULE}' "
+        "(set by the classifier). The severity is then critical only because of the tick.",
+    )
+    recipients: list[ReviewDesk | Tier] = Field(
+        default_factory=_default_review_desk,
+        min_length=1,
+        description="Who reviews: intake_desk (the city office's intake desk) and/or tiers, "
+        "resolved for the incident's school like any notification.",
+    )
+    within: Duration = Field(
+        default_factory=lambda: timedelta(minutes=30),
+        description="How long the reviewers have (from receipt), and then each ladder rung.",
+    )
+    ladder: list[ReviewStep] = Field(
+        default_factory=_default_review_ladder,
+        description="Asked one after another, each after another `within`, while nobody has "
+        "reviewed; rungs whose condition does not hold are skipped.",
+    )
+
+    @field_validator("within")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than 0s")
+        return value
+
+    @field_validator("ladder")
+    @classmethod
+    def _distinct(cls, value: list[ReviewStep]) -> list[ReviewStep]:
+        tiers = [step.tier for step in value]
+        twice = sorted({t.value for t in tiers if tiers.count(t) > 1})
+        if twice:
+            raise ValueError(f"names {', '.join(twice)} more than once")
+        return value
+
+    def reason(self, decision: Decision, report: ReportIn) -> ReviewReason | None:
+        """Why this decision needs a person; None when it does not."""
+        if (
+            self.danger_without_rule
+            and report.immediate_danger
+            and DANGER_WITHOUT_RULE in decision.reasons
+        ):
+            return ReviewReason.danger_without_rule
+        if self.needs_review and decision.needs_review:
+            return ReviewReason.needs_review
+        if decision.severity in self.severities:
+            return ReviewReason.severity
+        return None
+
+
 class Routing(BaseModel):
     """Who hears about what, and who may see the reporter's contact details."""
 
@@ -87,6 +205,7 @@ class Routing(BaseModel):
         description="Tiers whose notifications include the reporter's contact details.",
     )
     acknowledgement: AcknowledgementPolicy = Field(default_factory=AcknowledgementPolicy)
+    review: ReviewPolicy = Field(default_factory=ReviewPolicy)
 
     @model_validator(mode="after")
     def _complete(self) -> Routing:

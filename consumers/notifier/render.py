@@ -33,11 +33,15 @@ _WS = re.compile(r"\s+")
 def message_id_for(req: NotificationRequest) -> str:
     """Stable Message-ID for (incident, recipient, step): a retry or replay reuses it.
 
-    News of an acknowledgement or resolution is its own message (its notification id names
-    the action), not a repeat of the step's alert.
+    News of an acknowledgement or resolution, and a request for review, are messages of their
+    own (their notification ids differ), not a repeat of the step's alert to the same address.
     """
     raw = f"{req.incident_id}|{req.recipient.email.lower()}|{req.step}"
-    if req.kind in (NotificationKind.acknowledged, NotificationKind.resolved):
+    if req.kind in (
+        NotificationKind.acknowledged,
+        NotificationKind.resolved,
+        NotificationKind.review,
+    ):
         raw += f"|{req.notification_id}"
     return f"<{hashlib.sha256(raw.encode('utf-8')).hexdigest()[:32]}@escalate.local>"
 

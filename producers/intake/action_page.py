@@ -14,9 +14,9 @@ from html import escape
 
 from producers.intake.form import CATEGORY_LABELS, STYLE
 from schemas.actions import MAX_NOTE_CHARS, ActionKind
-from schemas.common import HANOI_TZ, Tier
+from schemas.common import HANOI_TZ, Category, Severity, Tier
 from schemas.escalation import EscalationState, IncidentStatus
-from schemas.links import LinkClaims
+from schemas.links import LinkClaims, LinkPurpose
 
 TEXT: dict[str, dict[str, str]] = {
     "vi": {
@@ -52,6 +52,22 @@ TEXT: dict[str, dict[str, str]] = {
         "done_resolve": "Đã ghi nhận: sự việc được đánh dấu là đã xử lý xong.",
         "done_note": "Đã ghi nhận ghi chú của bạn.",
         "done_later": "Tình trạng bên dưới có thể cần ít phút để cập nhật.",
+        "review": "Xem xét phân loại",
+        "review_intro": "Hệ thống phân loại tự động không chắc chắn về báo cáo này. Hãy đọc "
+        "nội dung và chọn mức độ, loại sự việc đúng. Nâng mức độ sẽ báo ngay các đơn vị mà mức "
+        "mới yêu cầu; hạ mức độ không rút lại thông báo đã gửi.",
+        "classifier": "Hệ thống đã phân loại",
+        "reasons": "Căn cứ",
+        "no_reasons": "(không có)",
+        "flagged": "Hệ thống đánh dấu cần người xem xét.",
+        "reviewed": "Đã được xem xét bởi",
+        "at": "lúc",
+        "new_severity": "Mức độ đúng",
+        "new_category": "Loại sự việc đúng",
+        "reclassify": "Lưu phân loại",
+        "reclassify_hint": "Nếu phân loại đã đúng, giữ nguyên và bấm «Lưu phân loại» để xác nhận.",
+        "done_reclassify": "Đã ghi nhận phân loại của bạn.",
+        "err_review": "Hãy chọn mức độ và loại sự việc trong danh sách.",
         "unavailable": "Hệ thống tạm thời không ghi nhận được. Thao tác của bạn CHƯA được ghi "
         "nhận. Vui lòng thử lại sau ít phút.",
         "err_note_missing": "Hãy viết ghi chú trước khi bấm «Chỉ gửi ghi chú».",
@@ -110,6 +126,23 @@ TEXT: dict[str, dict[str, str]] = {
         "done_resolve": "Recorded: the incident is marked as resolved.",
         "done_note": "Recorded: your note was added.",
         "done_later": "The status below may take a few minutes to catch up.",
+        "review": "Review the classification",
+        "review_intro": "The automatic classifier is not sure about this report. Read it and "
+        "choose the right severity and kind. A higher severity notifies at once the "
+        "organisations it calls for; a lower one does not take back mails already sent.",
+        "classifier": "The classifier decided",
+        "reasons": "Reasons",
+        "no_reasons": "(none)",
+        "flagged": "The classifier asked for a person to check.",
+        "reviewed": "Reviewed by",
+        "at": "at",
+        "new_severity": "Right severity",
+        "new_category": "Right kind of incident",
+        "reclassify": "Save the classification",
+        "reclassify_hint": "If the classification is right, leave it and press “Save the "
+        "classification” to confirm it.",
+        "done_reclassify": "Recorded: your classification was saved.",
+        "err_review": "Choose a severity and a kind from the lists.",
         "unavailable": "We cannot record actions right now. Your action has NOT been recorded. "
         "Please try again in a few minutes.",
         "err_note_missing": "Write a note before pressing “Send the note only”.",
@@ -177,7 +210,14 @@ STATUS_LABELS = {
 }
 
 # Problems the page can report back on a POST it did not act on (keys into TEXT).
-PROBLEMS = ("unavailable", "err_note_missing", "err_note_long", "err_action", "err_too_large")
+PROBLEMS = (
+    "unavailable",
+    "err_note_missing",
+    "err_note_long",
+    "err_action",
+    "err_too_large",
+    "err_review",
+)
 
 PAGE_STYLE = (
     STYLE
@@ -194,6 +234,8 @@ button.resolve{background:#2e7d32}button.resolve:hover{background:#1b5e20}
 button.plain{background:#fff;color:#1565c0;border:2px solid #1565c0}
 button.plain:hover{background:#e3f2fd}
 .lang{text-align:right;margin:0}
+.review{background:#fff4e5;border-left:4px solid #e67e22;padding:.2rem 1rem 1rem;margin-top:1rem}
+.reasons{margin:.3rem 0 0;padding-left:1.2rem}
 """
 )
 
@@ -295,6 +337,64 @@ def _status(lang: str, state: EscalationState | None) -> str:
     )
 
 
+def _options(labels: dict[str, str], values: list[str], chosen: str | None) -> str:
+    return "".join(
+        f'<option value="{v}"{" selected" if v == chosen else ""}>{escape(labels[v])}</option>'
+        for v in values
+    )
+
+
+def _review(lang: str, action: str, nonce: str, state: EscalationState | None) -> str:
+    """The triage form: what the classifier decided and why, and the two selects."""
+    t = TEXT[lang]
+    incident = state.incident if state else None
+    decided = ""
+    if incident is not None:
+        decision = incident.decision
+        reasons = "".join(f"<li>{escape(r)}</li>" for r in decision.reasons) or (
+            f"<li>{escape(t['no_reasons'])}</li>"
+        )
+        flagged = f"<p>{escape(t['flagged'])}</p>" if decision.needs_review else ""
+        decided = (
+            f'<dl id="classifier"><dt>{escape(t["classifier"])}</dt><dd>'
+            f'<span data-severity="{decision.severity.value}">'
+            f"{escape(SEVERITY_LABELS[lang][decision.severity.value])}</span>, "
+            f'<span data-category="{decision.category.value}">'
+            f"{escape(CATEGORY_LABELS[lang][decision.category.value])}</span></dd>"
+            f'<dt>{escape(t["reasons"])}</dt><dd><ul class="reasons" id="reasons">{reasons}'
+            f"</ul></dd></dl>{flagged}"
+        )
+    reviewed = ""
+    done = state.review if state else None
+    if done is not None and done.reviewed_at is not None:
+        tier = TIER_LABELS[lang][done.reviewed_tier] if done.reviewed_tier else ""
+        reviewed = (
+            f'<p id="reviewed">{escape(t["reviewed"])} {escape(tier)} '
+            f"({escape(done.reviewed_by or '')}) {escape(t['at'])} "
+            f"{escape(hanoi_time(done.reviewed_at, lang))}</p>"
+        )
+    severity = state.severity.value if state and state.severity else None
+    category = state.category.value if state and state.category else None
+    return f"""
+<section class="review" id="review">
+<h2>{escape(t["review"])}</h2>
+<p>{escape(t["review_intro"])}</p>
+{decided}{reviewed}
+<form method="post" action="{action}" accept-charset="utf-8">
+<input type="hidden" name="nonce" value="{escape(nonce, quote=True)}">
+<label for="severity">{escape(t["new_severity"])}</label>
+<select id="severity" name="severity" required>
+{_options(SEVERITY_LABELS[lang], [s.value for s in Severity], severity)}</select>
+<label for="category">{escape(t["new_category"])}</label>
+<select id="category" name="category" required>
+{_options(CATEGORY_LABELS[lang], [c.value for c in Category], category)}</select>
+<button type="submit" name="action" value="reclassify" id="reclassify"
+ aria-describedby="reclassify_hint">{escape(t["reclassify"])}</button>
+<p class="hint" id="reclassify_hint">{escape(t["reclassify_hint"])}</p>
+</form>
+</section>"""
+
+
 def render_action_page(
     lang: str,
     *,
@@ -307,7 +407,8 @@ def render_action_page(
     problem: str | None = None,
     note: str = "",
 ) -> str:
-    """The incident, where it stands, and the buttons. ``problem`` is a key of PROBLEMS."""
+    """The incident, where it stands, and the buttons (with the triage form for a review
+    link). ``problem`` is a key of PROBLEMS."""
     t = TEXT[lang]
     banner = ""
     if done is not None:
@@ -324,10 +425,13 @@ def render_action_page(
     school = f"{school_name} ({school_code})" if school_name else school_code
     # Relative to /a/{token}: the form posts back to this same link, behind any path prefix.
     action = f"{escape(token, quote=True)}?lang={lang}"
+    # Only a review link gets the triage form; an action link never shows it.
+    review = _review(lang, action, nonce, state) if claims.purpose is LinkPurpose.review else ""
     body = f"""
 <h1>{escape(t["title"])}</h1>
 {banner}
 {_summary(lang, claims.incident_id, state, school)}
+{review}
 {_status(lang, state)}
 <h2>{escape(t["actions"])}</h2>
 <p>{escape(t["acting_for"])}: <strong id="acting-for">{escape(TIER_LABELS[lang][claims.tier])}

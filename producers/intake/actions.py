@@ -9,6 +9,11 @@ An action is answered only after the broker confirmed it, like a report. It does
 incident to be known here: an acknowledgement may overtake the routing of its incident, and the
 escalator keeps it until the incident arrives.
 
+A ``review``-purpose link (the triage mail) opens the same page with the triage form on top:
+severity and category, posted like the other buttons, become a ``reclassify`` action. It may
+still acknowledge. An ``act`` link never gets that form: asking for it, or posting a
+reclassification with it, is refused as ``wrong_purpose``.
+
 Refusals are counted by a fixed reason and logged without the token (it is a credential) and
 without any note (it may repeat the child's report).
 """
@@ -42,7 +47,7 @@ from producers.intake.publisher import ActionPublisher, PublishError
 from schemas.actions import MAX_NOTE_CHARS, ActionKind, IncidentAction
 from schemas.common import Category, Severity, Tier, clean_text
 from schemas.escalation import Acknowledgement, EscalationState, IncidentStatus
-from schemas.links import BadLink, LinkClaims, LinkSigner
+from schemas.links import BadLink, LinkClaims, LinkPurpose, LinkSigner
 
 log = logging.getLogger("escalate.intake.actions")
 
@@ -50,6 +55,8 @@ log = logging.getLogger("escalate.intake.actions")
 REFUSAL_REASONS = ("invalid", "expired", "bad_nonce", "cross_origin", "wrong_purpose")
 #: What the link page and the API can do; reclassify belongs to the review page.
 ACCEPTED_KINDS = (ActionKind.acknowledge, ActionKind.resolve, ActionKind.note)
+#: What a review link's page can do on top.
+REVIEW_KINDS = (ActionKind.reclassify,)
 VIAS = ("link", "api")
 # 410 tells the recipient the link was good once; every other refusal is a plain 403.
 REFUSAL_STATUS = {"expired": 410}
@@ -96,6 +103,8 @@ class ActionMetrics:
         for kind in ACCEPTED_KINDS:
             for via in VIAS:
                 self.accepted.labels(kind.value, via)
+        for kind in REVIEW_KINDS:
+            self.accepted.labels(kind.value, "link")
 
 
 class PageNonces:
@@ -288,21 +297,26 @@ def add_action_routes(app: FastAPI, desk: ActionDesk, metrics: ActionMetrics) ->
         "/a/{token}",
         response_class=HTMLResponse,
         summary="The incident page a notification mail links to",
-        description="Shows the incident and its status, with the actions. Changes nothing.",
+        description="Shows the incident and its status, with the actions; for a review link "
+        "also the classifier's decision and the triage form (`view=review` asks for it and is "
+        "refused for any other link). Changes nothing.",
         responses={200: {"description": "The incident page (HTML)."}, **page_responses},
     )
     async def action_page(
         token: str,
         lang: str | None = None,
         done: str | None = None,
+        view: str | None = None,
     ) -> HTMLResponse:
         language = pick_lang(lang)
         try:
             claims = desk.signer.verify(token, desk.link_max_age_s)
         except BadLink as exc:
             return refuse(language, exc.reason)
+        if view == "review" and claims.purpose is not LinkPurpose.review:
+            return refuse(language, "wrong_purpose", claims, token)
         # Set by the redirect after a recorded action; anything else is ignored, not an error.
-        shown = next((k for k in ACCEPTED_KINDS if k.value == done), None)
+        shown = next((k for k in (*ACCEPTED_KINDS, *REVIEW_KINDS) if k.value == done), None)
         return page(language, token, claims, done=shown)
 
     @app.post(
@@ -313,7 +327,10 @@ def add_action_routes(app: FastAPI, desk: ActionDesk, metrics: ActionMetrics) ->
             303: {"description": "Recorded; see the incident page with the confirmation."},
             **page_responses,
             413: {"description": "Form larger than 64 KiB."},
-            422: {"description": "No known action, an empty note for 'note', a note too long."},
+            422: {
+                "description": "No known action, an empty note for 'note', a note too long, "
+                "a severity or category not in the lists."
+            },
             503: {"description": "Not recorded; try again."},
         },
         openapi_extra={
@@ -325,8 +342,13 @@ def add_action_routes(app: FastAPI, desk: ActionDesk, metrics: ActionMetrics) ->
                             "type": "object",
                             "required": ["action", "nonce"],
                             "properties": {
-                                "action": {"enum": [k.value for k in ACCEPTED_KINDS]},
+                                "action": {
+                                    "enum": [k.value for k in (*ACCEPTED_KINDS, *REVIEW_KINDS)],
+                                    "description": "reclassify only with a review link.",
+                                },
                                 "note": {"type": "string", "maxLength": MAX_NOTE_CHARS},
+                                "severity": {"enum": [v.value for v in Severity]},
+                                "category": {"enum": [v.value for v in Category]},
                                 "nonce": {
                                     "type": "string",
                                     "description": "From the page's hidden field.",
@@ -356,6 +378,8 @@ def add_action_routes(app: FastAPI, desk: ActionDesk, metrics: ActionMetrics) ->
         if not desk.nonces.check(token, form.get("nonce")):
             return refuse(language, "bad_nonce", claims, token)
         typed_note = form.get("note", "")
+        if form.get("action") == ActionKind.reclassify.value:
+            return await reclassify(language, token, claims, form)
         kind = next((k for k in ACCEPTED_KINDS if k.value == form.get("action")), None)
         if kind is None:
             return page(language, token, claims, 422, problem="err_action", note=typed_note)
@@ -375,6 +399,37 @@ def add_action_routes(app: FastAPI, desk: ActionDesk, metrics: ActionMetrics) ->
         # Relative to /a/, like the form's action.
         return RedirectResponse(
             f"{token}?lang={language}&done={kind.value}", status_code=303, headers=PAGE_HEADERS
+        )
+
+    async def reclassify(
+        language: str, token: str, claims: LinkClaims, form: dict[str, str]
+    ) -> Response:
+        if claims.purpose is not LinkPurpose.review:
+            return refuse(language, "wrong_purpose", claims, token)
+        severity = next((v for v in Severity if v.value == form.get("severity")), None)
+        category = next((v for v in Category if v.value == form.get("category")), None)
+        if severity is None or category is None:
+            return page(language, token, claims, 422, problem="err_review")
+        action = _action(
+            ActionKind.reclassify,
+            claims.incident_id,
+            claims.tier,
+            claims.recipient,
+            "link",
+            None,
+            severity=severity,
+            category=category,
+        )
+        try:
+            await run_in_threadpool(desk.publisher.publish, action)
+        except PublishError:
+            return page(language, token, claims, 503, problem="unavailable")
+        metrics.accepted.labels(ActionKind.reclassify.value, "link").inc()
+        log.info("review recorded for incident %s by %s", claims.incident_id, claims.tier)
+        return RedirectResponse(
+            f"{token}?lang={language}&done={ActionKind.reclassify.value}",
+            status_code=303,
+            headers=PAGE_HEADERS,
         )
 
     def authority_for(key: str | None) -> tuple[str, Tier] | None:
@@ -497,9 +552,14 @@ def _action(
     actor: str,
     via: Literal["link", "api"],
     note: str | None,
+    *,
+    severity: Severity | None = None,
+    category: Category | None = None,
 ) -> IncidentAction:
     """The action as the escalator receives it; the model cleans and bounds the note."""
     return IncidentAction(
+        severity=severity,
+        category=category,
         action_id=str(uuid.uuid4()),
         incident_id=incident_id,
         kind=kind,

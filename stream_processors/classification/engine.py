@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from schemas.common import SEVERITY_RANK, Category, Severity
-from schemas.incidents import Decision
+from schemas.incidents import DANGER_WITHOUT_RULE, Decision
 from schemas.policy import Policy
 from schemas.reports import ReportIn
 from schemas.rules import Rule
@@ -287,6 +287,9 @@ class Classifier:
 
         if report.immediate_danger:
             reasons.append("immediate_danger ticked")
+            if not any(h.rule.severity is Severity.critical for h in hits):
+                # Recorded so triage can tell a tick the text backs from a tick alone.
+                reasons.append(DANGER_WITHOUT_RULE)
             if severity != Severity.critical:
                 severity = Severity.critical
             if category == Category.other:

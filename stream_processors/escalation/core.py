@@ -17,6 +17,19 @@ The rules (POLICY.md, "Tiers and escalation"):
 - A resolution stops everything. Everyone already told hears of an acknowledgement or a
   resolution, and by which organisation, in one short mail.
 - An action may arrive before its incident: it is kept, and applied when the incident comes.
+
+Triage (policy ``review``): an incident the policy selects is also sent, as ``kind=review``, to
+the review desk with the review deadline; if nobody reviews by then, the review ladder is asked
+one rung per deadline, each rung its own step. ``next_due`` is the earlier of the escalation
+and the review deadline, and a tick takes whichever fell due (both, when both did).
+
+A review (``reclassify``) records who reviewed and what changed. A raise re-routes: the tiers
+the new severity notifies at once and that have not been told get a ``first_notice`` (it is
+their first mail about the incident, and it says the new severity) as a new step, and the
+escalation deadline becomes the new severity's ``ack_within`` from now. A lowering never
+un-notifies anyone and keeps the current deadline; it only changes what later steps do (which
+ladder, which interval, whether an acknowledgement ends it). A review of a resolved incident,
+or of one not yet known, is recorded and changes nothing else.
 """
 
 from __future__ import annotations
@@ -26,12 +39,12 @@ from datetime import datetime
 
 from schemas.actions import ActionKind, IncidentAction
 from schemas.audit import AuditEvent, AuditEventType
-from schemas.common import Severity, Tier
-from schemas.escalation import Acknowledgement, EscalationState, TierState
+from schemas.common import SEVERITY_RANK, Category, Severity, Tier
+from schemas.escalation import Acknowledgement, EscalationState, ReviewState, TierState
 from schemas.ids import event_id
 from schemas.incidents import IncidentClassified
-from schemas.notifications import NotificationKind, NotificationRequest
-from schemas.policy import Routing
+from schemas.notifications import NotificationKind, NotificationRequest, Recipient
+from schemas.policy import ReviewDesk, Routing
 from stream_processors.routing.core import ack_due_at, plan_notifications
 from stream_processors.routing.directory_index import DirectoryIndex
 
@@ -164,43 +177,81 @@ def on_incident(
     for tier in route.notify:
         ts = state.tiers.setdefault(tier, TierState())
         ts.notified_at_step = 0
-    state.next_due = (
+    state.escalation_due = (
         ack_due_at(incident.received_at, route.ack_within) if keeps_going(state, routing) else None
     )
+    requests: list[NotificationRequest] = []
+    audits: list[AuditEvent] = []
+    reason = routing.review.reason(decision, incident.report)
+    if reason is not None and state.resolved is None and state.review is None:
+        due = ack_due_at(incident.received_at, routing.review.within)
+        state.review = ReviewState(reason=reason.value, opened_at=now, due=due)
+        requests = _review_requests(
+            state, list(routing.review.recipients), routing, index, now, due=due, ref="desk"
+        )
+        audits.append(
+            _audit(
+                state,
+                AuditEventType.escalated,
+                "review-desk",
+                now,
+                {
+                    "step": state.step,
+                    "review": reason.value,
+                    "escalated_to": [],
+                    "recipients": _addresses(requests),
+                    "review_due": due.isoformat(),
+                },
+            )
+        )
+    _refresh_due(state)
     state.updated_at = now
-    return Transition(state)
+    return Transition(state, requests, audits)
 
 
 def on_tick(
     state: EscalationState, routing: Routing, index: DirectoryIndex, now: datetime
 ) -> Transition:
-    """The deadline passed: tell the next tier, remind the rest, set the next deadline."""
+    """A deadline passed: take the escalation step and/or the review step that fell due."""
     if state.next_due is None or now < state.next_due or state.incident is None:
         return Transition(state)
     state = state.model_copy(deep=True)
+    requests: list[NotificationRequest] = []
+    audits: list[AuditEvent] = []
+    if state.escalation_due is not None and now >= state.escalation_due:
+        requests, audits = _escalate(state, routing, index, now)
+    review = state.review
+    if review is not None and review.due is not None and now >= review.due:
+        more, noted = _review_step(state, review, routing, index, now)
+        requests += more
+        audits += noted
+    _refresh_due(state)
+    state.updated_at = now
+    return Transition(state, requests, audits)
+
+
+def _escalate(
+    state: EscalationState, routing: Routing, index: DirectoryIndex, now: datetime
+) -> tuple[list[NotificationRequest], list[AuditEvent]]:
+    """The escalation deadline passed: tell the next tier, remind the rest, set the next one."""
     if not keeps_going(state, routing):
-        state.next_due = None
-        state.updated_at = now
-        return Transition(state)
+        state.escalation_due = None
+        return [], []
     route = routing.severities[_severity(state)]
     new_tier = _next_tier(state, routing)
     remind = _unacknowledged(state)
     if new_tier is None:
         if state.reminders_at_top >= routing.acknowledgement.max_reminders:
-            state.next_due = None  # the ladder and the reminders are spent
-            state.updated_at = now
-            return Transition(
-                state,
-                audits=[
-                    _audit(
-                        state,
-                        AuditEventType.escalated,
-                        f"exhausted-{state.step}",
-                        now,
-                        {"step": state.step, "exhausted": True, "unacknowledged": remind},
-                    )
-                ],
-            )
+            state.escalation_due = None  # the ladder and the reminders are spent
+            return [], [
+                _audit(
+                    state,
+                    AuditEventType.escalated,
+                    f"exhausted-{state.step}",
+                    now,
+                    {"step": state.step, "exhausted": True, "unacknowledged": remind},
+                )
+            ]
         state.reminders_at_top += 1
     state.step += 1
     due = ack_due_at(now, route.ack_within)
@@ -211,8 +262,7 @@ def on_tick(
         requests += _requests(
             state, [new_tier], NotificationKind.escalation, routing, index, now, due=due
         )
-    state.next_due = due
-    state.updated_at = now
+    state.escalation_due = due
     audit = _audit(
         state,
         AuditEventType.escalated,
@@ -222,13 +272,117 @@ def on_tick(
             "step": state.step,
             "escalated_to": [new_tier.value] if new_tier else [],
             "reminded": [t.value for t in remind],
-            "recipients": [
-                {"tier": r.recipient.tier.value, "email": r.recipient.email} for r in requests
-            ],
+            "recipients": _addresses(requests),
             "next_due": due.isoformat(),
         },
     )
-    return Transition(state, requests, [audit])
+    return requests, [audit]
+
+
+def _review_step(
+    state: EscalationState,
+    review: ReviewState,
+    routing: Routing,
+    index: DirectoryIndex,
+    now: datetime,
+) -> tuple[list[NotificationRequest], list[AuditEvent]]:
+    """Nobody reviewed in time: ask the next rung of the review ladder that applies."""
+    ladder = routing.review.ladder
+    danger = state.incident is not None and state.incident.report.immediate_danger
+    position = review.ladder_position
+    while position < len(ladder) and ladder[position].only_if_danger_ticked and not danger:
+        position += 1
+    if state.resolved is not None or position >= len(ladder):
+        review.ladder_position = position
+        review.due = None  # nobody left to ask; the desk's mail still stands
+        return [], []
+    rung = ladder[position]
+    review.ladder_position = position + 1
+    state.step += 1
+    due = ack_due_at(now, routing.review.within)
+    review.due = due
+    requests = _review_requests(
+        state, [rung.tier], routing, index, now, due=due, ref=f"rung-{position}"
+    )
+    audit = _audit(
+        state,
+        AuditEventType.escalated,
+        f"review-{position}",
+        now,
+        {
+            "step": state.step,
+            "review": review.reason,
+            "escalated_to": [rung.tier.value],
+            "reminded": [],
+            "recipients": _addresses(requests),
+            "review_due": due.isoformat(),
+        },
+    )
+    return requests, [audit]
+
+
+def _refresh_due(state: EscalationState) -> None:
+    """``next_due`` is the one time the worker watches: the earlier of the two deadlines."""
+    review_due = state.review.due if state.review is not None else None
+    dues = [d for d in (state.escalation_due, review_due) if d is not None]
+    state.next_due = min(dues) if dues else None
+
+
+def _addresses(requests: list[NotificationRequest]) -> list[dict[str, str]]:
+    return [{"tier": r.recipient.tier.value, "email": r.recipient.email} for r in requests]
+
+
+def _review_requests(
+    state: EscalationState,
+    targets: list[ReviewDesk | Tier],
+    routing: Routing,
+    index: DirectoryIndex,
+    now: datetime,
+    *,
+    due: datetime,
+    ref: str,
+) -> list[NotificationRequest]:
+    """``kind=review`` requests for the desk and/or tiers. Built by the router's core, so
+    recipients and contact redaction are a notification's; the intake desk is asked as the
+    city office, whose contact visibility it shares. Ids name the rung, never a step's mail."""
+    if state.incident is None:
+        return []
+    incident = _as_current(state)
+    out: list[NotificationRequest] = []
+    seen: set[str] = set()
+    for target in targets:
+        tier = Tier.city_office if target is ReviewDesk.intake_desk else Tier(target)
+        plan = plan_notifications(incident, routing, index, now, tiers=[tier], step=state.step)
+        found = plan.notifications
+        if target is ReviewDesk.intake_desk and found:
+            office = index.directory.city_office
+            found = [
+                found[0].model_copy(
+                    update={
+                        "recipient": Recipient(
+                            tier=Tier.city_office, name=f"{office.name} (intake desk)", email=e
+                        )
+                    }
+                )
+                for e in office.intake_desk_emails
+            ]
+        for req in found:
+            address = req.recipient.email.lower()
+            if address in seen:
+                continue
+            seen.add(address)
+            out.append(
+                req.model_copy(
+                    update={
+                        "kind": NotificationKind.review,
+                        "ack_due_at": due,
+                        "notification_id": event_id(
+                            "notification", req.incident_id, address, "review", ref
+                        ),
+                    }
+                )
+            )
+    return out
 
 
 def on_action(
@@ -290,6 +444,87 @@ def on_action(
             )
     elif action.kind is ActionKind.note:
         audits.append(_audit(state, AuditEventType.note_added, action.action_id, now, detail))
+    elif action.kind is ActionKind.reclassify:
+        requests, audit = _reclassify(state, action, detail, routing, index, now)
+        audits.append(audit)
     if state.incident is not None and not keeps_going(state, routing):
-        state.next_due = None
+        state.escalation_due = None
+    if state.resolved is not None and state.review is not None:
+        state.review.due = None
+    _refresh_due(state)
     return Transition(state, requests, audits)
+
+
+def _reclassify(
+    state: EscalationState,
+    action: IncidentAction,
+    detail: dict[str, object],
+    routing: Routing,
+    index: DirectoryIndex,
+    now: datetime,
+) -> tuple[list[NotificationRequest], AuditEvent]:
+    """A person set severity and category (the same values: a confirmation). A value left out
+    stays as it is."""
+    old_severity, old_category = state.severity, state.category
+    new_severity: Severity | None = action.severity or old_severity
+    new_category: Category | None = action.category or old_category
+    detail = {
+        **detail,
+        "old_severity": old_severity.value if old_severity else None,
+        "old_category": old_category.value if old_category else None,
+        "new_severity": new_severity.value if new_severity else None,
+        "new_category": new_category.value if new_category else None,
+    }
+    if state.incident is None or new_severity is None or old_severity is None:
+        # Nothing to re-route yet; the incident's own decision will apply when it comes.
+        detail["applied"] = False
+        return [], _audit(state, AuditEventType.reclassified, action.action_id, now, detail)
+    review = state.review or ReviewState(reason="unasked", opened_at=now)
+    review.due = None
+    review.reviewed_by = action.actor
+    review.reviewed_at = action.at
+    review.reviewed_tier = action.tier
+    review.previous_severity = old_severity
+    review.previous_category = old_category
+    state.review = review
+    state.severity = new_severity
+    state.category = new_category
+    raised = SEVERITY_RANK[new_severity] > SEVERITY_RANK[old_severity]
+    change = (
+        "raised"
+        if raised
+        else "lowered"
+        if SEVERITY_RANK[new_severity] < SEVERITY_RANK[old_severity]
+        else "confirmed"
+        if new_category == old_category
+        else "recategorised"
+    )
+    detail.update({"applied": True, "change": change})
+    requests: list[NotificationRequest] = []
+    if raised and state.resolved is None:
+        route = routing.severities[new_severity]
+        fresh = [
+            t
+            for t in route.notify
+            if t not in state.tiers or state.tiers[t].notified_at_step is None
+        ]
+        due = ack_due_at(now, route.ack_within)
+        if fresh:
+            state.step += 1
+            for tier in fresh:
+                state.tiers.setdefault(tier, TierState()).notified_at_step = state.step
+            requests = _requests(
+                state, fresh, NotificationKind.first_notice, routing, index, now, due=due
+            )
+        # The new severity's clock, its ladder and its reminders start now.
+        state.reminders_at_top = 0
+        state.escalation_due = due if keeps_going(state, routing) else None
+        detail.update(
+            {
+                "step": state.step,
+                "notified": [t.value for t in fresh],
+                "recipients": _addresses(requests),
+                "next_due": state.escalation_due.isoformat() if state.escalation_due else None,
+            }
+        )
+    return requests, _audit(state, AuditEventType.reclassified, action.action_id, now, detail)

@@ -226,7 +226,7 @@ def test_a_high_report_nobody_acknowledges_climbs_to_the_city_office_never_the_p
 @pytest.fixture
 def slower(kafka_bootstrap: str, isolation: str, tmp_path: Path) -> Iterator[Pipeline]:
     """Deadlines long enough that an action taken right after the first notice precedes them."""
-    with start_pipeline(kafka_bootstrap, isolation, tmp_path, "8s") as pipeline:
+    with start_pipeline(kafka_bootstrap, isolation, tmp_path, "12s") as pipeline:
         yield pipeline
 
 
@@ -270,7 +270,7 @@ def test_critical_each_organisation_is_reminded_until_it_acknowledges_itself(
         what="every acknowledgement announced",
     )
     settled = len(pipeline.sink.about(incident))
-    time.sleep(17)  # two more deadlines: everyone has acknowledged, nothing may follow
+    time.sleep(25)  # two more deadlines: everyone has acknowledged, nothing may follow
     assert len(pipeline.sink.about(incident)) == settled
 
 
