@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -277,6 +278,25 @@ def run_consumer(
     finally:
         consumer.close(autocommit=False)
         producer.close(timeout=10)
+
+
+def topic_partitions(consumer: Any, topic: str, timeout_s: float = 15.0) -> list[Any]:
+    """All partitions of ``topic``, [] if it does not exist.
+
+    A client that has just connected knows no topic yet: ``partitions_for_topic`` answers None
+    until metadata arrives, so ask for it (``topics()`` fetches it) until the deadline.
+    """
+    from kafka import TopicPartition
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        numbers = consumer.partitions_for_topic(topic)
+        if numbers:
+            return [TopicPartition(topic, n) for n in sorted(numbers)]
+        if topic in consumer.topics() or time.monotonic() > deadline:
+            numbers = consumer.partitions_for_topic(topic) or []
+            return [TopicPartition(topic, n) for n in sorted(numbers)]
+        time.sleep(0.2)
 
 
 def _tp(record: RecordLike) -> Any:

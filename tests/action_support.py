@@ -7,8 +7,9 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka import KafkaConsumer, KafkaProducer
 
+from consumers.kafka_io import topic_partitions
 from schemas.actions import IncidentAction
 from schemas.common import Category, Channel, ReporterRole, Severity, Tier
 from schemas.escalation import Acknowledgement, EscalationState, TierState
@@ -107,9 +108,7 @@ def read_actions(bootstrap: str, topic: str) -> list[IncidentAction]:
         isolation_level="read_committed",
     )
     try:
-        partitions = [
-            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
-        ]
+        partitions = topic_partitions(consumer, topic)
         assert partitions, f"topic {topic} does not exist"
         consumer.assign(partitions)
         consumer.seek_to_beginning(*partitions)

@@ -191,6 +191,7 @@ class Notifier:
         self._runner: asyncio.Runner | None = None
         self._signer = LinkSigner(config.links.secret_key) if config.links else None
         self._delivered: OrderedDict[str, None] = OrderedDict()
+        self._desk_told: OrderedDict[str, None] = OrderedDict()  # incidents the desk heard of
         self._last_delivered: str | None = None
 
     def _link(self, req: NotificationRequest) -> str | None:
@@ -343,6 +344,9 @@ class Notifier:
     def _fallback(self, incident_id: str, severity: Severity) -> list[Outgoing]:
         """Tell the intake desk, in a mail that cannot fail to render, that a person is missing."""
         recipients = list(self.config.fallback_recipients)
+        if incident_id in self._desk_told:
+            # Several recipients of one incident may fail together; the desk needs one mail.
+            return []
         if not recipients:
             self.metrics.fallback.labels(outcome="no_recipient").inc()
             log.error("no fallback recipient configured for incident=%s", incident_id)
@@ -354,6 +358,10 @@ class Notifier:
             wait=threading.Event().wait,
         )
         delivered = attempts.error is None
+        if delivered:
+            self._desk_told[incident_id] = None
+            while len(self._desk_told) > self.config.remember_delivered:
+                self._desk_told.popitem(last=False)
         self.metrics.fallback.labels(outcome="delivered" if delivered else "failed").inc()
         if delivered:
             log.warning("intake desk told of undelivered notification, incident=%s", incident_id)

@@ -17,6 +17,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 
+from consumers.kafka_io import topic_partitions
 from schemas.escalation import EscalationState
 from schemas.topics import ESCALATION_STATE
 
@@ -138,9 +139,9 @@ class IncidentView:
     def _partitions(self, consumer: KafkaConsumer) -> list[TopicPartition] | None:
         """All partitions of the state topic, waiting while it does not exist yet."""
         while not self._stop.is_set():
-            numbers = consumer.partitions_for_topic(self._topic)
-            if numbers:
-                return [TopicPartition(self._topic, n) for n in sorted(numbers)]
+            found = topic_partitions(consumer, self._topic, timeout_s=self._retry_s)
+            if found:
+                return found
             self._stop.wait(self._retry_s)
         return None
 

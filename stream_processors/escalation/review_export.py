@@ -19,6 +19,7 @@ from typing import Any, TextIO
 
 from pydantic import ValidationError
 
+from consumers.kafka_io import topic_partitions
 from schemas.escalation import EscalationState
 from schemas.topics import ESCALATION_STATE
 
@@ -65,7 +66,7 @@ def write_corpus(states: Iterable[EscalationState], out: TextIO) -> int:
 
 def read_states(bootstrap: str, prefix: str) -> tuple[list[EscalationState], int]:
     """The latest committed state of every incident, and how many records were unreadable."""
-    from kafka import KafkaConsumer, TopicPartition
+    from kafka import KafkaConsumer
 
     topic = ESCALATION_STATE.name(prefix)
     reader = KafkaConsumer(
@@ -77,9 +78,7 @@ def read_states(bootstrap: str, prefix: str) -> tuple[list[EscalationState], int
     states: dict[str, EscalationState] = {}
     unreadable = 0
     try:
-        partitions = [
-            TopicPartition(topic, p) for p in sorted(reader.partitions_for_topic(topic) or [])
-        ]
+        partitions = topic_partitions(reader, topic)
         if not partitions:
             raise SystemExit(f"topic {topic} does not exist (run `escalate topics create`)")
         reader.assign(partitions)
