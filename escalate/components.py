@@ -78,6 +78,7 @@ def run_intake(settings: Settings) -> int:
     incidents = IncidentView(bootstrap, settings.topic_prefix)
     desk = ActionDesk(
         secret_key=settings.secret_key.get_secret_value(),
+        previous_secret_keys=settings.previous_keys,
         link_max_age_s=int(policy.acknowledgement.link_valid_for.total_seconds()),
         authority_keys=settings.authority_keys,
         publisher=action_publisher,

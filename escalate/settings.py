@@ -78,6 +78,10 @@ class Settings(BaseSettings):
     directory_file: Path = DEFAULT_CONFIG_DIR / "directory.yaml"
     policy_file: Path = DEFAULT_CONFIG_DIR / "policy.yaml"
     secret_key: SecretStr = SecretStr("dev-only-change-me")
+    previous_secret_keys: SecretStr = Field(
+        default=SecretStr(""),
+        description="Comma-separated keys being rotated out; links they signed still work.",
+    )
     var_dir: Path = Path("var")
     kafka_home: Path = Field(
         default=Path.home() / ".cache" / "escalate" / "kafka",
@@ -119,6 +123,11 @@ class Settings(BaseSettings):
     @property
     def authority_keys(self) -> dict[str, tuple[str, Tier]]:
         return parse_authority_keys(self.authority_api_keys)
+
+    @property
+    def previous_keys(self) -> tuple[str, ...]:
+        raw = self.previous_secret_keys.get_secret_value()
+        return tuple(k.strip() for k in raw.split(",") if k.strip())
 
     @property
     def links_base_url(self) -> str:

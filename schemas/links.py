@@ -4,11 +4,13 @@ The token is signed with ``ESCALATE_SECRET_KEY`` (itsdangerous, HMAC-SHA1 over a
 payload with a timestamp) and binds one incident, one recipient address and one tier: whoever
 holds the mail may act for that organisation on that incident, nothing more. It expires after
 the policy's ``acknowledgement.link_valid_for``. The notifier signs, the intake verifies; both
-hold the same key.
+hold the same key. To rotate it, put the old key in ESCALATE_PREVIOUS_SECRET_KEYS: links signed
+with it keep working until they expire, new ones are signed with the new key.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -42,8 +44,9 @@ class BadLink(Exception):
 
 
 class LinkSigner:
-    def __init__(self, secret_key: str) -> None:
-        self._serializer = URLSafeTimedSerializer(secret_key, salt=SALT)
+    def __init__(self, secret_key: str, previous_keys: Sequence[str] = ()) -> None:
+        # itsdangerous signs with the last key and accepts a signature by any of them.
+        self._serializer = URLSafeTimedSerializer([*previous_keys, secret_key], salt=SALT)
 
     def sign(self, claims: LinkClaims) -> str:
         return self._serializer.dumps(

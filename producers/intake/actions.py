@@ -25,7 +25,7 @@ import logging
 import re
 import secrets
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
@@ -115,8 +115,13 @@ class PageNonces:
     carry the credential a second time.
     """
 
-    def __init__(self, secret_key: str, max_age_s: int = NONCE_MAX_AGE_S) -> None:
-        self._serializer = URLSafeTimedSerializer(secret_key, salt=NONCE_SALT)
+    def __init__(
+        self,
+        secret_key: str,
+        max_age_s: int = NONCE_MAX_AGE_S,
+        previous_keys: Sequence[str] = (),
+    ) -> None:
+        self._serializer = URLSafeTimedSerializer([*previous_keys, secret_key], salt=NONCE_SALT)
         self._max_age_s = max_age_s
 
     @staticmethod
@@ -151,12 +156,14 @@ class ActionDesk:
     #: in front may present another Host to the app).
     public_url: str | None = None
     nonce_max_age_s: int = NONCE_MAX_AGE_S
+    #: keys being rotated out: what they signed is still accepted until it expires
+    previous_secret_keys: tuple[str, ...] = ()
     signer: LinkSigner = field(init=False)
     nonces: PageNonces = field(init=False)
 
     def __post_init__(self) -> None:
-        self.signer = LinkSigner(self.secret_key)
-        self.nonces = PageNonces(self.secret_key, self.nonce_max_age_s)
+        self.signer = LinkSigner(self.secret_key, self.previous_secret_keys)
+        self.nonces = PageNonces(self.secret_key, self.nonce_max_age_s, self.previous_secret_keys)
 
 
 class ActionIn(BaseModel):
