@@ -39,6 +39,19 @@ def cmd_classify(args: argparse.Namespace) -> int:
     from stream_processors.classification.batch import classify_stream, evaluate_file
 
     policy = _load_policy(_settings())
+    if args.file == "train":
+        from stream_processors.classification.training import DEFAULT_MODEL, train_command
+
+        out = Path(args.out) if args.out else DEFAULT_MODEL
+        extra = [Path(p) for p in args.extra]
+        return train_command(extra, out, args.seed, args.cv, policy, sys.stdout)
+    if args.extra:
+        print("extra files are only for `escalate classify train`", file=sys.stderr)
+        return 2
+    if args.evaluate and args.model:
+        from stream_processors.classification.training import compare_file
+
+        return compare_file(Path(args.evaluate), Path(args.model), policy, sys.stdout)
     if args.evaluate:
         return evaluate_file(Path(args.evaluate), policy, sys.stdout)
     if args.file and args.file != "-":
@@ -165,9 +178,26 @@ def build_parser() -> argparse.ArgumentParser:
     run = add("run", cmd_run, "run one component in the foreground")
     run.add_argument("component", choices=list(COMPONENTS))
 
-    classify = add("classify", cmd_classify, "classify JSON-lines reports from FILE or stdin")
+    classify = add(
+        "classify",
+        cmd_classify,
+        "classify JSON-lines reports from FILE or stdin; `classify train` builds the model",
+    )
     classify.add_argument("file", nargs="?", help="JSON lines; '-' or nothing for stdin")
     classify.add_argument("--evaluate", metavar="FILE", help="evaluate on a labelled corpus")
+    # `classify train [EXTRA.jsonl ...]` shares this parser: the positional "file" is then the
+    # word "train" and the extra labelled files (reviewed exports) follow it.
+    classify.add_argument(
+        "extra", nargs="*", help="with `train`: extra labelled JSON-lines files to train on"
+    )
+    classify.add_argument(
+        "--model", metavar="PATH", help="with --evaluate: rules, model and both side by side"
+    )
+    classify.add_argument("--out", metavar="PATH", help="train: model file to write")
+    classify.add_argument("--seed", type=int, default=0, help="train: random seed (default 0)")
+    classify.add_argument(
+        "--cv", action="store_true", help="train: print 5-fold cross-validated figures first"
+    )
 
     policy = sub.add_parser("policy", help="check, show or reload the policy")
     psub = policy.add_subparsers(dest="policy_command", required=True)
