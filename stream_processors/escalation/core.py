@@ -408,40 +408,34 @@ def on_action(
     audits: list[AuditEvent] = []
     requests: list[NotificationRequest] = []
     told = _notified(state)
+
+    def news(kind: NotificationKind) -> list[NotificationRequest]:
+        """One short mail to everyone told: which organisation acknowledged or resolved."""
+        return _requests(
+            state,
+            told,
+            kind,
+            routing,
+            index,
+            now,
+            due=None,
+            acted_by=action.tier,
+            acted_by_name=action.actor,
+            ref=action.action_id,
+        )
+
     if action.kind is ActionKind.acknowledge:
         ts = state.tiers.setdefault(action.tier, TierState())
         if ts.acknowledged is None and state.resolved is None:
             ts.acknowledged = who
             audits.append(_audit(state, AuditEventType.acknowledged, action.action_id, now, detail))
-            requests = _requests(
-                state,
-                told,
-                NotificationKind.acknowledged,
-                routing,
-                index,
-                now,
-                due=None,
-                acted_by=action.tier,
-                acted_by_name=action.actor,
-                ref=action.action_id,
-            )
+            requests = news(NotificationKind.acknowledged)
     elif action.kind is ActionKind.resolve:
         if state.resolved is None:
             state.resolved = who
             state.resolved_tier = action.tier
             audits.append(_audit(state, AuditEventType.resolved, action.action_id, now, detail))
-            requests = _requests(
-                state,
-                told,
-                NotificationKind.resolved,
-                routing,
-                index,
-                now,
-                due=None,
-                acted_by=action.tier,
-                acted_by_name=action.actor,
-                ref=action.action_id,
-            )
+            requests = news(NotificationKind.resolved)
     elif action.kind is ActionKind.note:
         audits.append(_audit(state, AuditEventType.note_added, action.action_id, now, detail))
     elif action.kind is ActionKind.reclassify:

@@ -8,13 +8,10 @@ Screenshots land in SCREENSHOTS for a person to look at.
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 import pytest
-import uvicorn
 from prometheus_client import CollectorRegistry
 from selenium import webdriver
 from selenium.webdriver.common.by import By
@@ -37,8 +34,8 @@ from tests.action_support import (
     make_state,
     read_actions,
 )
-from tests.conftest import free_port
 from tests.integration.test_web_form_browser import browser, page_lang, screenshot, wait_lang
+from tests.services.http import serve
 
 pytestmark = pytest.mark.kafka
 
@@ -71,21 +68,10 @@ def served(kafka_bootstrap: str, isolation: str) -> Iterator[Served]:
         school_names={SCHOOL: SCHOOL_NAME},
     )
     app = create_app(reports, {}, CollectorRegistry(), actions=desk)
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="intake-uvicorn", daemon=True)
-    thread.start()
     try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert thread.is_alive(), "uvicorn stopped while starting"
-            assert time.monotonic() < deadline, "uvicorn did not start in 30 s"
-            time.sleep(0.05)
-        yield Served(f"http://127.0.0.1:{port}", kafka_bootstrap, INCIDENTS_ACTIONS.name(prefix))
+        with serve(app) as base:
+            yield Served(base, kafka_bootstrap, INCIDENTS_ACTIONS.name(prefix))
     finally:
-        server.should_exit = True
-        thread.join(timeout=15)
         actions.close()
         reports.close()
 

@@ -11,15 +11,12 @@ from __future__ import annotations
 
 import base64
 import os
-import threading
-import time
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import uvicorn
 from kafka import KafkaConsumer
 from prometheus_client import CollectorRegistry
 from selenium import webdriver
@@ -33,7 +30,7 @@ from producers.intake.app import create_app
 from producers.intake.publisher import ReportPublisher
 from schemas.reports import ReportSubmitted
 from schemas.topics import REPORTS_SUBMITTED
-from tests.conftest import free_port
+from tests.services.http import serve
 
 pytestmark = pytest.mark.kafka
 
@@ -73,21 +70,10 @@ def intake(kafka_bootstrap: str, isolation: str) -> Iterator[Intake]:
     ensure_topics(kafka_bootstrap, prefix)
     publisher = ReportPublisher(kafka_bootstrap, prefix)
     app = create_app(publisher, {}, CollectorRegistry())
-    port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", access_log=False)
-    server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="intake-uvicorn", daemon=True)
-    thread.start()
     try:
-        deadline = time.monotonic() + 30
-        while not server.started:
-            assert thread.is_alive(), "uvicorn stopped while starting"
-            assert time.monotonic() < deadline, "uvicorn did not start in 30 s"
-            time.sleep(0.05)
-        yield Intake(f"http://127.0.0.1:{port}", REPORTS_SUBMITTED.name(prefix), kafka_bootstrap)
+        with serve(app) as base:
+            yield Intake(base, REPORTS_SUBMITTED.name(prefix), kafka_bootstrap)
     finally:
-        server.should_exit = True
-        thread.join(timeout=15)
         publisher.close()
 
 
