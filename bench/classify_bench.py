@@ -18,6 +18,7 @@ from schemas.reports import ReportIn
 from schemas.yaml_loader import load_yaml_model
 from stream_processors.classification.engine import Classifier
 from stream_processors.classification.model import load
+from stream_processors.classification.second_opinion import Judge
 
 POLICY_FILE = Path(__file__).resolve().parents[1] / "escalate" / "defaults" / "policy.yaml"
 MODEL_FILE = POLICY_FILE.with_name("model.npz")
@@ -83,7 +84,8 @@ def main(argv: list[str]) -> int:
         f"{count} reports in {elapsed:.2f} s: {count / elapsed:,.0f} reports/s, "
         f"{elapsed / count * 1e6:.1f} µs/report"
     )
-    # The model beside the rules, on the same reports, one core: the pipeline would run both.
+    # The model beside the rules, on the same reports, one core; then what the processors run:
+    # the Judge (rules, the model at the policy's threshold, and combining the two).
     started = time.perf_counter()
     model = load(MODEL_FILE)
     load_ms = (time.perf_counter() - started) * 1000
@@ -91,10 +93,16 @@ def main(argv: list[str]) -> int:
     for report in reports:
         model.predict(report.description)
     model_elapsed = time.perf_counter() - started
+    judge = Judge(classifier, model)
+    started = time.perf_counter()
+    for report in reports:
+        judge.classify(report)
+    judge_elapsed = time.perf_counter() - started
     print(f"model {model.model_version} loaded in {load_ms:.1f} ms")
     print(
-        f"{'':>10}{'rules':>14}{'model':>14}\n"
+        f"{'':>10}{'rules':>14}{'model':>14}{'combined':>14}\n"
         f"{'µs/report':>10}{elapsed / count * 1e6:>14.1f}{model_elapsed / count * 1e6:>14.1f}"
+        f"{judge_elapsed / count * 1e6:>14.1f}"
     )
     return 0
 

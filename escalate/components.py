@@ -20,6 +20,7 @@ if TYPE_CHECKING:  # the CLI imports this module; the components' libraries load
     from consumers.audit.worker import AuditConfig
     from consumers.notifier.sender import SmtpConfig
     from consumers.notifier.worker import NotifierConfig
+    from stream_processors.classification.model import TrainedModel
 
 log = logging.getLogger("escalate")
 
@@ -114,16 +115,33 @@ def run_intake(settings: Settings) -> int:
     return 0
 
 
+def load_model(settings: Settings) -> TrainedModel | None:
+    """The model, loaded once per process; a refused file leaves the rules to decide alone."""
+    from stream_processors.classification.model import ModelError, load
+
+    if settings.model_file is None:
+        log.warning("no model configured (ESCALATE_MODEL_FILE is empty): the rules decide alone")
+        return None
+    try:
+        model = load(settings.model_file, settings.model_sha256)
+    except ModelError as exc:
+        log.error("model refused, the rules decide alone: %s", exc)
+        return None
+    log.info("model %s loaded from %s", model.model_version, settings.model_file)
+    return model
+
+
 def run_processors(settings: Settings) -> int:
     import faust
 
-    from stream_processors.app import create_app
+    from stream_processors.app import ProcessorConfig, create_app
     from stream_processors.config_holder import ConfigHolder
 
     bootstrap = require_bootstrap(settings)
     _serve_metrics(settings, "processors")
-    holder = ConfigHolder(settings.policy_file, settings.directory_file)
-    app = create_app(settings, bootstrap, holder, REGISTRY)
+    holder = ConfigHolder(settings.policy_file, settings.directory_file, model=load_model(settings))
+    config = ProcessorConfig(app_id=settings.app_id, topic_prefix=settings.topic_prefix)
+    app = create_app(config, bootstrap, holder, REGISTRY)
     worker = faust.Worker(app, loglevel="WARNING", quiet=True)
     worker.spinner = None  # its terminal escape codes only garble the shared `escalate up` console
     worker.execute_from_commandline()

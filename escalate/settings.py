@@ -77,6 +77,14 @@ class Settings(BaseSettings):
     intake_api_keys: str = ""
     directory_file: Path = DEFAULT_CONFIG_DIR / "directory.yaml"
     policy_file: Path = DEFAULT_CONFIG_DIR / "policy.yaml"
+    model_file: Path | None = Field(
+        default=DEFAULT_CONFIG_DIR / "model.npz",
+        description="The learned second opinion (`escalate classify train`); empty: rules alone.",
+    )
+    model_sha256: str | None = Field(
+        default=None,
+        description="When set, a model file with any other sha256 is refused (rules alone).",
+    )
     secret_key: SecretStr = SecretStr("dev-only-change-me")
     previous_secret_keys: SecretStr = Field(
         default=SecretStr(""),
@@ -103,6 +111,11 @@ class Settings(BaseSettings):
         default=None,
         description="Stable name of this worker (e.g. the pod name): static group membership.",
     )
+
+    @field_validator("model_file", "model_sha256", mode="before")
+    @classmethod
+    def _empty_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
 
     @field_validator("intake_api_keys")
     @classmethod

@@ -96,6 +96,11 @@ class EscalationState(BaseModel):
     tiers: dict[Tier, TierState] = Field(default_factory=dict)
     resolved: Acknowledgement | None = None
     resolved_tier: Tier | None = None
+    withheld: list[Tier] = Field(
+        default_factory=list,
+        description="Tiers the severity names but a model-only raise keeps waiting until a "
+        "person reviews it (policy second_opinion.withhold_until_review); never climbed to.",
+    )
     review: ReviewState | None = Field(
         default=None, description="Present when the incident went to triage or was reviewed."
     )

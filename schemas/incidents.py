@@ -16,6 +16,32 @@ from schemas.reports import ReportIn
 DANGER_WITHOUT_RULE = "immediate_danger ticked; no critical rule matched"
 
 
+class ModelView(BaseModel):
+    """What the learned second opinion said about a report, and what it changed.
+
+    ``raised_from`` is set when the model alone rated the report higher than the rules did: the
+    decision then carries the model's severity, and the policy's ``second_opinion`` section says
+    which tiers wait for a person to confirm it (the police, by default).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    model_version: str = Field(description="First 12 hex digits of the model file's sha256.")
+    severity: Severity = Field(description="The model's severity at the policy's threshold.")
+    probability: float = Field(ge=0, le=1, description="P(severity at least this), per model.")
+    category: Category
+    category_probability: float = Field(ge=0, le=1)
+    features: list[str] = Field(
+        default_factory=list, description="The n-grams that pushed hardest towards its severity."
+    )
+    raised_from: Severity | None = Field(
+        default=None, description="The rules' severity, when the model alone raised it."
+    )
+    category_from: Category | None = Field(
+        default=None, description="The rules' category ('other'), when the model proposed one."
+    )
+
+
 class Decision(BaseModel):
     """Why a report got its severity and category; kept with the incident for the audit trail."""
 
@@ -26,6 +52,16 @@ class Decision(BaseModel):
     reasons: list[str] = Field(default_factory=list)
     needs_review: bool = False
     rules_version: str = Field(description="Content hash of the policy and rules that decided.")
+    model_version: str | None = Field(
+        default=None,
+        description="The model that gave a second opinion; None: the rules decided alone.",
+    )
+    second_opinion: ModelView | None = None
+
+    @property
+    def model_raised(self) -> bool:
+        """The model alone rated this report higher than the rules."""
+        return self.second_opinion is not None and self.second_opinion.raised_from is not None
 
 
 class IncidentClassified(BaseModel):

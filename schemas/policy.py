@@ -2,53 +2,16 @@
 
 from __future__ import annotations
 
-import re
 from datetime import timedelta
 from enum import StrEnum
-from typing import Annotated, Any
 
-from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
-    Field,
-    PlainSerializer,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from schemas.common import Severity, Tier
+from schemas.durations import Duration, format_duration
 from schemas.incidents import DANGER_WITHOUT_RULE, Decision
 from schemas.reports import ReportIn
 from schemas.rules import ClassificationRules
-
-_DURATION = re.compile(r"^\s*(\d+)\s*(s|m|h|d)\s*$")
-_UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_duration(value: Any) -> timedelta:
-    """Durations are written like ``30s``, ``15m``, ``1h``, ``24h``, ``2d``."""
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, str):
-        match = _DURATION.match(value)
-        if match:
-            return timedelta(seconds=int(match.group(1)) * _UNIT_SECONDS[match.group(2)])
-    raise ValueError(f"{value!r} is not a duration like 30s, 15m, 1h or 24h")
-
-
-def format_duration(value: timedelta) -> str:
-    seconds = int(value.total_seconds())
-    for unit in ("d", "h", "m"):
-        size = _UNIT_SECONDS[unit]
-        if seconds and seconds % size == 0:
-            return f"{seconds // size}{unit}"
-    return f"{seconds}s"
-
-
-Duration = Annotated[
-    timedelta, BeforeValidator(parse_duration), PlainSerializer(format_duration, return_type=str)
-]
 
 
 class SeverityRoute(BaseModel):
@@ -96,6 +59,7 @@ class ReviewReason(StrEnum):
     """Why an incident went to triage; the first that applies, in this order."""
 
     danger_without_rule = "danger_without_rule"
+    model_raised = "model_raised"
     needs_review = "needs_review"
     severity = "severity"
 
@@ -186,11 +150,59 @@ class ReviewPolicy(BaseModel):
             and DANGER_WITHOUT_RULE in decision.reasons
         ):
             return ReviewReason.danger_without_rule
+        if decision.model_raised:
+            return ReviewReason.model_raised  # always: a raise nobody confirmed is a guess
         if self.needs_review and decision.needs_review:
             return ReviewReason.needs_review
         if decision.severity in self.severities:
             return ReviewReason.severity
         return None
+
+
+class SecondOpinionPolicy(BaseModel):
+    """How the learned model's opinion combines with the rules' decision.
+
+    The model never lowers the rules. When it alone rates a report higher, the incident takes
+    the higher severity at once for every tier except ``withhold_until_review``, goes to triage
+    with ``review_within``, and the withheld tiers hear of it only when a reviewer confirms it,
+    or when nobody reviewed in time and the reporter ticked immediate danger. So the model can
+    bring a report to the schools and offices sooner, but never wakes the police on its own.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = Field(default=True, description="Ask the model at all (when one is loaded).")
+    raise_threshold: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="The model rates a report at least S when its probabilities for S and "
+        "every severity above S add up to this. Chosen from the figures in docs/CLASSIFIER.md; "
+        "`escalate classify --evaluate FILE --model M` prints them for several values.",
+    )
+    category_threshold: float = Field(
+        default=0.5,
+        gt=0,
+        le=1,
+        description="When the rules say 'other', the model's category is taken if its "
+        "probability reaches this.",
+    )
+    review_within: Duration = Field(
+        default_factory=lambda: timedelta(minutes=10),
+        description="Triage deadline (from receipt) for a report the model alone raised.",
+    )
+    withhold_until_review: list[Tier] = Field(
+        default_factory=lambda: [Tier.police],
+        description="Tiers a model-only raise reaches only after a reviewer confirms it "
+        "(or nobody reviews in time and immediate danger was ticked).",
+    )
+
+    @field_validator("review_within")
+    @classmethod
+    def _positive(cls, value: timedelta) -> timedelta:
+        if value <= timedelta(0):
+            raise ValueError("must be longer than 0s")
+        return value
 
 
 class Routing(BaseModel):
@@ -206,6 +218,7 @@ class Routing(BaseModel):
     )
     acknowledgement: AcknowledgementPolicy = Field(default_factory=AcknowledgementPolicy)
     review: ReviewPolicy = Field(default_factory=ReviewPolicy)
+    second_opinion: SecondOpinionPolicy = Field(default_factory=SecondOpinionPolicy)
 
     @model_validator(mode="after")
     def _complete(self) -> Routing:
@@ -216,6 +229,28 @@ class Routing(BaseModel):
         if problem:
             raise ValueError(problem)
         return self
+
+    def withheld(self, decision: Decision) -> list[Tier]:
+        """Tiers a model-only raise keeps waiting for a reviewer: those the raised severity
+        notifies at once, the rules' own severity would not, and the policy withholds."""
+        view = decision.second_opinion
+        if view is None or view.raised_from is None:
+            return []
+        now = self.severities[decision.severity].notify
+        before = self.severities[view.raised_from].notify
+        hold = self.second_opinion.withhold_until_review
+        return [t for t in now if t in hold and t not in before]
+
+    def first_tiers(self, decision: Decision) -> list[Tier]:
+        """The tiers told at once about a fresh incident."""
+        held = self.withheld(decision)
+        return [t for t in self.severities[decision.severity].notify if t not in held]
+
+    def review_within(self, reason: ReviewReason) -> timedelta:
+        """Triage deadline: short for what only the model raised."""
+        if reason is ReviewReason.model_raised:
+            return self.second_opinion.review_within
+        return self.review.within
 
     def climb(self, severity: Severity) -> list[Tier]:
         """Tiers the escalator may add, in order, above those the severity notifies at once."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, TypeVar
 
@@ -20,7 +21,6 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel, ValidationError
 
 from consumers.dead_letters import DeadLetters, Reason, describe_failure
-from escalate.settings import Settings
 from schemas.ids import incident_id_for_report
 from schemas.incidents import IncidentClassified
 from schemas.reports import ReportSubmitted
@@ -40,6 +40,14 @@ from stream_processors.routing.core import plan_notifications
 log = logging.getLogger("escalate.processors")
 
 M = TypeVar("M", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class ProcessorConfig:
+    """What the processors need from the settings (the composition root maps them)."""
+
+    app_id: str
+    topic_prefix: str = ""
 
 
 class ProcessorMetrics:
@@ -65,6 +73,21 @@ class ProcessorMetrics:
             "escalate_policy_loaded_timestamp_seconds",
             "When the policy in force was loaded, labelled by its version.",
             ["version"],
+            registry=registry,
+        )
+        self.second_opinion = Counter(
+            "escalate_second_opinion_total",
+            "Reports the model gave a second opinion on, by what it changed: agreed (nothing), "
+            "raised (the severity, pending review), category (proposed where the rules had "
+            "none), failed (the rules decided alone).",
+            ["outcome"],
+            registry=registry,
+        )
+        self.model_loaded = Gauge(
+            "escalate_classifier_model_loaded",
+            "1 when the learned second opinion is loaded (labelled by its version), 0 when the "
+            "rules classify alone because the model file was refused or none is configured.",
+            ["model_version"],
             registry=registry,
         )
         self.policy_refused = Counter(
@@ -101,15 +124,17 @@ def _encode(model: BaseModel) -> bytes:
 
 
 def create_app(
-    settings: Settings,
+    config: ProcessorConfig,
     bootstrap: str,
     holder: ConfigHolder,
     registry: CollectorRegistry,
 ) -> faust.App:
     """Build the processor app. Nothing runs until a faust worker starts it."""
-    prefix = settings.topic_prefix
+    prefix = config.topic_prefix
     metrics = ProcessorMetrics(registry)
     metrics.policy_info.labels(holder.current().policy_version).set_to_current_time()
+    model = holder.model
+    metrics.model_loaded.labels(model.model_version if model else "none").set(1 if model else 0)
 
     def on_reload(config: LoadedConfig) -> None:
         metrics.policy_info.clear()  # one series: the version in force
@@ -117,7 +142,7 @@ def create_app(
 
     holder.subscribe(on_reload=on_reload, on_refused=lambda _problem: metrics.policy_refused.inc())
     app = faust.App(
-        f"{settings.app_id}-processors",
+        f"{config.app_id}-processors",
         broker=[f"kafka://{b.strip()}" for b in bootstrap.split(",")],
         processing_guarantee="exactly_once",
         store="memory://",
@@ -184,10 +209,18 @@ def create_app(
     Output = list[tuple[TopicSpec, bytes, BaseModel]]
 
     def classified(submitted: ReportSubmitted) -> Output:
-        decision = holder.current().classifier.classify(submitted.report)
+        judge = holder.current().classifier
+        failures = judge.model_failures
+        decision = judge.classify(submitted.report)
         result = open_incident(submitted, decision, _now())
         key = result.incident.incident_id.encode("utf-8")
         metrics.classified.labels(decision.severity.value, decision.category.value).inc()
+        view = decision.second_opinion
+        if judge.model_failures > failures:
+            metrics.second_opinion.labels("failed").inc()
+        elif view is not None:
+            outcome = "raised" if view.raised_from else "category" if view.category_from else ""
+            metrics.second_opinion.labels(outcome or "agreed").inc()
         return [(INCIDENTS_CLASSIFIED, key, result.incident), (AUDIT_EVENTS, key, result.audit)]
 
     def routed(incident: IncidentClassified) -> Output:

@@ -45,6 +45,10 @@ def open_incident(
             "reasons": decision.reasons,
             "needs_review": decision.needs_review,
             "rules_version": decision.rules_version,
+            "model_version": decision.model_version,
+            "second_opinion": decision.second_opinion.model_dump(mode="json")
+            if decision.second_opinion
+            else None,
         },
     )
     return ClassifiedReport(incident=incident, audit=audit)

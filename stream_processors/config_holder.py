@@ -17,6 +17,8 @@ from schemas.directory import Directory
 from schemas.policy import Policy
 from schemas.yaml_loader import ConfigError, content_version, load_yaml_model
 from stream_processors.classification.engine import Classifier
+from stream_processors.classification.model import TrainedModel
+from stream_processors.classification.second_opinion import Judge
 from stream_processors.routing.directory_index import DirectoryIndex
 
 log = logging.getLogger("escalate.config")
@@ -25,7 +27,7 @@ log = logging.getLogger("escalate.config")
 @dataclass(frozen=True)
 class LoadedConfig:
     policy: Policy
-    classifier: Classifier
+    classifier: Judge
     directory: DirectoryIndex
     policy_version: str
     directory_version: str
@@ -36,12 +38,14 @@ def _stamp(path: Path) -> tuple[int, int]:
     return (st.st_mtime_ns, st.st_size)
 
 
-def load_config(policy_file: Path, directory_file: Path) -> LoadedConfig:
+def load_config(
+    policy_file: Path, directory_file: Path, model: TrainedModel | None = None
+) -> LoadedConfig:
     policy = load_yaml_model(policy_file, Policy)
     directory = load_yaml_model(directory_file, Directory)
     return LoadedConfig(
         policy=policy,
-        classifier=Classifier(policy),
+        classifier=Judge(Classifier(policy), model),
         directory=DirectoryIndex(directory),
         policy_version=content_version(policy),
         directory_version=content_version(directory),
@@ -57,14 +61,17 @@ class ConfigHolder:
         clock: Callable[[], float] = time.monotonic,
         on_reload: Callable[[LoadedConfig], None] | None = None,
         on_refused: Callable[[str], None] | None = None,
+        model: TrainedModel | None = None,
     ) -> None:
+        # The model is loaded once per process by the caller; a policy change keeps it.
+        self.model = model
         self.policy_file = policy_file
         self.directory_file = directory_file
         self._check_every_s = check_every_s
         self._clock = clock
         self._on_reload = on_reload
         self._on_refused = on_refused
-        self._config = load_config(policy_file, directory_file)
+        self._config = load_config(policy_file, directory_file, model)
         self._stamps = self._read_stamps()
         self._next_check = clock() + check_every_s
 
@@ -100,7 +107,7 @@ class ConfigHolder:
         if stamps == self._stamps and not force:
             return False
         try:
-            fresh = load_config(self.policy_file, self.directory_file)
+            fresh = load_config(self.policy_file, self.directory_file, self.model)
         except ConfigError as exc:
             self._stamps = stamps
             self._refuse(str(exc))

@@ -3,6 +3,41 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from schemas.incidents import Decision, IncidentClassified
+from schemas.reports import ReportIn
+
+T0 = datetime(2026, 11, 28, 22, 0, tzinfo=UTC)
+SCHOOL_CODE = "HN-BD-THCS-001"
+
+
+def make_incident(
+    decision: Decision,
+    *,
+    description: str = "Một nhóm bạn đăng ảnh chế giễu em lên nhóm lớp.",
+    danger: bool = False,
+    received_at: datetime = T0,
+    incident_id: str = "inc-1",
+) -> IncidentClassified:
+    """A classified incident of one parent's report at a school in the default directory."""
+    return IncidentClassified(
+        incident_id=incident_id,
+        report_ids=["r-1"],
+        tracking_codes=["ESC-AAAA-BBBB"],
+        school_code=SCHOOL_CODE,
+        received_at=received_at,
+        classified_at=received_at,
+        decision=decision,
+        report=ReportIn(
+            channel="app",
+            reporter_role="parent",
+            school_code=SCHOOL_CODE,
+            description=description,
+            immediate_danger=danger,
+            contact={"name": "Phụ huynh", "phone": "0900 000 000"},
+        ),
+    )
 
 
 @dataclass(frozen=True)

@@ -283,6 +283,17 @@ def _for_type(tp: Any, c: Mapping[str, Any]) -> st.SearchStrategy[Any]:
         lo = c.get("ge", c["gt"] + 1 if "gt" in c else -(2**63))
         hi = c.get("le", c["lt"] - 1 if "lt" in c else 2**63 - 1)
         return st.one_of(st.sampled_from((lo, hi)), st.integers(lo, hi))
+    if tp is float:
+        lo = c.get("ge", c.get("gt"))
+        hi = c.get("le", c.get("lt"))
+        return st.floats(
+            min_value=lo,
+            max_value=hi,
+            exclude_min="gt" in c,
+            exclude_max="lt" in c,
+            allow_nan=False,
+            allow_infinity=False,
+        )
     if tp is datetime:
         return any_datetimes()
     if tp is str:

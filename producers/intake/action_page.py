@@ -60,6 +60,9 @@ TEXT: dict[str, dict[str, str]] = {
         "reasons": "Căn cứ",
         "no_reasons": "(không có)",
         "flagged": "Hệ thống đánh dấu cần người xem xét.",
+        "withheld": "Chỉ mô hình học máy đánh giá mức này (theo quy tắc: {rules}). Chưa báo "
+        "cho: {tiers}. Nếu bạn giữ nguyên mức độ và bấm «Lưu phân loại», các đơn vị này sẽ được "
+        "báo ngay.",
         "reviewed": "Đã được xem xét bởi",
         "at": "lúc",
         "new_severity": "Mức độ đúng",
@@ -134,6 +137,9 @@ TEXT: dict[str, dict[str, str]] = {
         "reasons": "Reasons",
         "no_reasons": "(none)",
         "flagged": "The classifier asked for a person to check.",
+        "withheld": "Only the learned model rates it this high (the rules said {rules}). Not yet "
+        "told: {tiers}. Keeping the severity and pressing Save confirms it and tells them at "
+        "once.",
         "reviewed": "Reviewed by",
         "at": "at",
         "new_severity": "Right severity",
@@ -355,6 +361,13 @@ def _review(lang: str, action: str, nonce: str, state: EscalationState | None) -
             f"<li>{escape(t['no_reasons'])}</li>"
         )
         flagged = f"<p>{escape(t['flagged'])}</p>" if decision.needs_review else ""
+        view = decision.second_opinion
+        if state is not None and state.withheld and view is not None and view.raised_from:
+            held = t["withheld"].format(
+                rules=SEVERITY_LABELS[lang][view.raised_from.value],
+                tiers=", ".join(TIER_LABELS[lang][tier] for tier in state.withheld),
+            )
+            flagged += f'<p id="withheld">{escape(held)}</p>'
         decided = (
             f'<dl id="classifier"><dt>{escape(t["classifier"])}</dt><dd>'
             f'<span data-severity="{decision.severity.value}">'

@@ -9,7 +9,8 @@ read with ``allow_pickle=False`` and scored with numpy alone, so loading a model
 run code. The arrays carry their own digest, so a file changed after training is refused even
 when the caller does not know the expected file hash.
 
-Not wired into the pipeline yet: the processors still classify with the rules alone.
+How its opinion combines with the rules is the policy's (``second_opinion``), applied in
+``second_opinion.py``.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ _WORD = re.compile(r"(?u)\b\w\w+\b")
 _WHITE = re.compile(r"\s\s+")
 
 FloatArray = npt.NDArray[np.float64]
+_WORD_CACHE_SIZE = 50_000
 
 # A zip entry's timestamp is part of the file; a fixed one keeps the same training giving the
 # same bytes, so the file hash (the model version) is reproducible.
@@ -165,6 +167,11 @@ class TrainedModel:
         self._word_range = tuple(self.settings["word_ngram_range"])
         self._sublinear = bool(self.settings["sublinear_tf"])
         self._names = np.concatenate([char.terms, word.terms])
+        self._word_cache: dict[str, tuple[int, ...]] = {}
+        # Explanations skip the commonest quarter of the vocabulary ("he", "cho", "mot"): such
+        # n-grams do carry weight, but tell a reviewer nothing about why.
+        idf = np.concatenate([char.idf, word.idf])
+        self._telling = idf >= (np.percentile(idf, 25) if len(idf) else 0.0)
 
     # -- features -----------------------------------------------------------------------------
 
@@ -175,6 +182,9 @@ class TrainedModel:
             col = index.get(gram)
             if col is not None:
                 counts[col] = counts.get(col, 0) + 1
+        return self._weigh(counts, block)
+
+    def _weigh(self, counts: dict[int, int], block: _Block) -> tuple[list[int], FloatArray]:
         cols = sorted(counts)
         if not cols:
             return [], np.zeros(0)
@@ -185,10 +195,33 @@ class TrainedModel:
         norm = float(np.sqrt(np.dot(values, values)))
         return cols, values / norm if norm > 0 else values
 
+    def _char_columns(self, word: str) -> tuple[int, ...]:
+        """Columns of one word's character n-grams (those in the vocabulary), cached.
+
+        Character n-grams never cross a word boundary, so a word always gives the same columns;
+        reports reuse a small set of syllables, and the cache halves the time per report.
+        """
+        cols = self._word_cache.get(word)
+        if cols is None:
+            index = self.char.index
+            found = (index.get(g) for g in char_wb_ngrams(word, *self._char_range))
+            cols = tuple(c for c in found if c is not None)
+            if len(self._word_cache) >= _WORD_CACHE_SIZE:
+                self._word_cache.clear()  # bounded; refilling is cheap
+            self._word_cache[word] = cols
+        return cols
+
+    def _char_block(self, folded: str) -> tuple[list[int], FloatArray]:
+        counts: dict[int, int] = {}
+        for word in folded.split():
+            for col in self._char_columns(word):
+                counts[col] = counts.get(col, 0) + 1
+        return self._weigh(counts, self.char)
+
     def features(self, text: str) -> tuple[npt.NDArray[np.intp], FloatArray]:
         """Sparse TF-IDF vector of one text: column indices and values (each block l2-normed)."""
         folded = fold_text(text)
-        ccols, cvals = self._block(char_wb_ngrams(folded, *self._char_range), self.char)
+        ccols, cvals = self._char_block(folded)
         wcols, wvals = self._block(word_ngrams(folded, *self._word_range), self.word)
         offset = len(self.char.terms)
         cols = np.array(ccols + [c + offset for c in wcols], dtype=np.intp)
@@ -207,15 +240,31 @@ class TrainedModel:
         cols, vals = self.features(text)
         return self._proba(self.severity, cols, vals), self._proba(self.category, cols, vals)
 
-    def predict(self, text: str, top: int = 5) -> ModelOpinion:
+    def predict(
+        self,
+        text: str,
+        top: int = 5,
+        order: Sequence[str] | None = None,
+        threshold: float = 0.5,
+    ) -> ModelOpinion:
+        """The model's opinion of one text.
+
+        Without ``order`` the severity is the most probable class. With ``order`` (every
+        severity class, lowest first) it is read as an ordinal scale: the highest class whose
+        probability, added to those of all classes above it, reaches ``threshold``; the
+        opinion's probability is then that sum.
+        """
         cols, vals = self.features(text)
         sev = self._proba(self.severity, cols, vals)
         cat = self._proba(self.category, cols, vals)
         k = int(np.argmax(sev))
+        p = float(sev[k])
+        if order is not None:
+            k, p = self._ordinal(sev, order, threshold)
         c = int(np.argmax(cat))
         return ModelOpinion(
             severity=self.severity.classes[k],
-            severity_probability=float(sev[k]),
+            severity_probability=p,
             probabilities={
                 name: float(p) for name, p in zip(self.severity.classes, sev, strict=True)
             },
@@ -224,18 +273,34 @@ class TrainedModel:
             top_features=self._top(self.severity.coef[k, cols] * vals, cols, top),
         )
 
+    def _ordinal(
+        self, sev: FloatArray, order: Sequence[str], threshold: float
+    ) -> tuple[int, float]:
+        classes = self.severity.classes
+        if sorted(order) != sorted(classes):
+            raise ModelError(f"severity order {list(order)} does not name the classes {classes}")
+        cumulative = 0.0
+        for name in reversed(order):
+            k = classes.index(name)
+            cumulative += float(sev[k])
+            if cumulative >= threshold:
+                return k, min(cumulative, 1.0)
+        return classes.index(order[0]), 1.0
+
     def _top(self, contrib: FloatArray, cols: npt.NDArray[np.intp], top: int) -> list[str]:
         """The n-grams that pushed hardest towards the predicted class, overlaps merged.
 
         Character n-grams overlap ("gui a", "ui an"); a fragment inside one already chosen says
-        nothing new to a reviewer, so it is skipped.
+        nothing new to a reviewer, so it is skipped, as are very common and very short ones.
         """
         chosen: list[str] = []
         for i in np.argsort(-contrib, kind="stable"):
             if contrib[i] <= 0 or len(chosen) >= top:
                 break
+            if not self._telling[cols[i]]:
+                continue
             term = str(self._names[cols[i]]).strip()
-            if len(term) < 2 or any(term in c or c in term for c in chosen):
+            if len(term) < 3 or any(term in c or c in term for c in chosen):
                 continue
             chosen.append(term)
         return chosen

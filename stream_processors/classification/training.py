@@ -76,7 +76,7 @@ def train_command(
 
 
 def compare_file(path: Path, model_path: Path, policy: Policy, stdout: TextIO) -> int:
-    """Rules, model and the higher of both on one labelled file; 1 if a critical is missed."""
+    """Rules, model and the combination on one labelled file; 1 if a critical is missed."""
     try:
         model = load(model_path)
         rows = read_labelled(path)
@@ -86,4 +86,4 @@ def compare_file(path: Path, model_path: Path, policy: Policy, stdout: TextIO) -
     result = compare(rows, policy, lambda _i: model)
     stdout.write(f"model version {model.model_version}\n")
     stdout.write(render(result, str(path)))
-    return 0 if result.tallies["higher of both"].critical_recall == 1.0 else 1
+    return 0 if result.tallies["combined"].critical_recall == 1.0 else 1

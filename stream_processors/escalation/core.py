@@ -23,6 +23,12 @@ the review desk with the review deadline; if nobody reviews by then, the review 
 one rung per deadline, each rung its own step. ``next_due`` is the earlier of the escalation
 and the review deadline, and a tick takes whichever fell due (both, when both did).
 
+A report only the learned model rated higher (``decision.model_raised``) goes to triage with
+the policy's short ``second_opinion.review_within``, and the tiers the policy withholds (the
+police) are kept in ``state.withheld``: not told, not climbed to, not counted as told. A review
+tells them if the reviewed severity names them (a confirmation does); if nobody reviews in
+time and the reporter ticked immediate danger, the review deadline tells them.
+
 A review (``reclassify``) records who reviewed and what changed. A raise re-routes: the tiers
 the new severity notifies at once and that have not been told get a ``first_notice`` (it is
 their first mail about the incident, and it says the new severity) as a new step, and the
@@ -82,6 +88,8 @@ def _notified(state: EscalationState) -> list[Tier]:
 
 def _next_tier(state: EscalationState, routing: Routing) -> Tier | None:
     for tier in routing.climb(_severity(state)):
+        if tier in state.withheld:
+            continue  # waits for a reviewer, not for the clock
         ts = state.tiers.get(tier)
         if ts is None or ts.notified_at_step is None:
             return tier
@@ -174,9 +182,10 @@ def on_incident(
     state.incident = incident
     state.severity = decision.severity
     state.category = decision.category
-    for tier in route.notify:
+    for tier in routing.first_tiers(decision):
         ts = state.tiers.setdefault(tier, TierState())
         ts.notified_at_step = 0
+    state.withheld = routing.withheld(decision)
     state.escalation_due = (
         ack_due_at(incident.received_at, route.ack_within) if keeps_going(state, routing) else None
     )
@@ -184,7 +193,7 @@ def on_incident(
     audits: list[AuditEvent] = []
     reason = routing.review.reason(decision, incident.report)
     if reason is not None and state.resolved is None and state.review is None:
-        due = ack_due_at(incident.received_at, routing.review.within)
+        due = ack_due_at(incident.received_at, routing.review_within(reason))
         state.review = ReviewState(reason=reason.value, opened_at=now, due=due)
         requests = _review_requests(
             state, list(routing.review.recipients), routing, index, now, due=due, ref="desk"
@@ -201,6 +210,7 @@ def on_incident(
                     "escalated_to": [],
                     "recipients": _addresses(requests),
                     "review_due": due.isoformat(),
+                    "withheld_until_review": [t.value for t in state.withheld],
                 },
             )
         )
@@ -286,9 +296,16 @@ def _review_step(
     index: DirectoryIndex,
     now: datetime,
 ) -> tuple[list[NotificationRequest], list[AuditEvent]]:
-    """Nobody reviewed in time: ask the next rung of the review ladder that applies."""
+    """Nobody reviewed in time: ask the next rung of the review ladder that applies.
+
+    When tiers were held back for review (a model-only raise) and the reporter ticked
+    immediate danger, waiting longer is the greater risk: they are told now, as a step of its
+    own, and the ladder goes on at the next deadline.
+    """
     ladder = routing.review.ladder
     danger = state.incident is not None and state.incident.report.immediate_danger
+    if state.withheld and danger and state.resolved is None:
+        return _release_withheld(state, review, routing, index, now)
     position = review.ladder_position
     while position < len(ladder) and ladder[position].only_if_danger_ticked and not danger:
         position += 1
@@ -316,6 +333,42 @@ def _review_step(
             "reminded": [],
             "recipients": _addresses(requests),
             "review_due": due.isoformat(),
+        },
+    )
+    return requests, [audit]
+
+
+def _release_withheld(
+    state: EscalationState,
+    review: ReviewState,
+    routing: Routing,
+    index: DirectoryIndex,
+    now: datetime,
+) -> tuple[list[NotificationRequest], list[AuditEvent]]:
+    released = list(state.withheld)
+    state.withheld = []
+    state.step += 1
+    for tier in released:
+        state.tiers.setdefault(tier, TierState()).notified_at_step = state.step
+    route = routing.severities[_severity(state)]
+    due = ack_due_at(now, route.ack_within)
+    requests = _requests(
+        state, released, NotificationKind.first_notice, routing, index, now, due=due
+    )
+    state.escalation_due = due if keeps_going(state, routing) else None
+    review.due = ack_due_at(now, routing.review.within)
+    audit = _audit(
+        state,
+        AuditEventType.escalated,
+        f"released-{state.step}",
+        now,
+        {
+            "step": state.step,
+            "review": review.reason,
+            "escalated_to": [t.value for t in released],
+            "released": "not reviewed in time and immediate danger ticked",
+            "recipients": _addresses(requests),
+            "next_due": due.isoformat(),
         },
     )
     return requests, [audit]
@@ -484,6 +537,9 @@ def _reclassify(
     state.severity = new_severity
     state.category = new_category
     raised = SEVERITY_RANK[new_severity] > SEVERITY_RANK[old_severity]
+    # A person has now looked: nothing waits for review any more. Tiers held back from a
+    # model-only raise are told if the reviewed severity names them (a confirmation does).
+    held, state.withheld = state.withheld, []
     change = (
         "raised"
         if raised
@@ -495,7 +551,7 @@ def _reclassify(
     )
     detail.update({"applied": True, "change": change})
     requests: list[NotificationRequest] = []
-    if raised and state.resolved is None:
+    if (raised or held) and state.resolved is None:
         route = routing.severities[new_severity]
         fresh = [
             t
@@ -510,9 +566,10 @@ def _reclassify(
             requests = _requests(
                 state, fresh, NotificationKind.first_notice, routing, index, now, due=due
             )
-        # The new severity's clock, its ladder and its reminders start now.
-        state.reminders_at_top = 0
-        state.escalation_due = due if keeps_going(state, routing) else None
+        if raised or fresh:
+            # The new severity's (or the newly told tiers') clock, ladder and reminders start now.
+            state.reminders_at_top = 0
+            state.escalation_due = due if keeps_going(state, routing) else None
         detail.update(
             {
                 "step": state.step,

@@ -90,10 +90,12 @@ def plan_notifications(
     tiers: list[Tier] | None = None,
     step: int = 0,
 ) -> RoutingPlan:
-    """Notification requests for ``tiers`` (default: the tiers the severity names)."""
+    """Notification requests for ``tiers`` (default: the tiers told at once of a new incident,
+    which are those its severity names less any a model-only raise holds back for review)."""
     decision = incident.decision
     route = routing.severities[decision.severity]
-    wanted = tiers if tiers is not None else route.notify
+    wanted = tiers if tiers is not None else routing.first_tiers(decision)
+    withheld = routing.withheld(decision) if tiers is None else []
     recipients: list[Recipient] = []
     unknown_school = index.find(incident.school_code) is None
     for tier in wanted:
@@ -151,6 +153,8 @@ def plan_notifications(
             "unknown_school": unknown_school,
             "ack_due_at": ack_due.isoformat(),
             "rules_version": decision.rules_version,
+            "model_version": decision.model_version,
+            "withheld_until_review": [t.value for t in withheld],
         },
     )
     return RoutingPlan(notifications=requests, audit=audit)

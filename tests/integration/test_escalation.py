@@ -124,6 +124,7 @@ def start_pipeline(
     ack_within: str,
     *,
     intake: bool = False,
+    env: dict[str, str] | None = None,
 ) -> Iterator[Pipeline]:
     prefix = f"{isolation}."
     ensure_topics(kafka_bootstrap, prefix)
@@ -144,6 +145,7 @@ def start_pipeline(
             "ESCALATE_SECRET_KEY": "test-secret",
             "ESCALATE_VAR_DIR": str(tmp_path / "var"),
             "ESCALATE_INSTANCE_ID": "one",
+            **(env or {}),
         },
         tmp_path,
     )

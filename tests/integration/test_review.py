@@ -2,6 +2,10 @@
 city office's intake desk; the reviewer follows the mailed link, raises it to critical, and the
 offices and the police hear of it within seconds; the audit trail keeps the old and new values.
 
+This runs the rules alone (no model file), as a deployment without the learned second opinion
+does; with the shipped model, the same report is raised at once (tests/integration/
+test_second_opinion.py).
+
 The components run as separate processes (processors, escalator, notifier, intake, audit), as
 in tests/integration/test_escalation.py, whose pipeline this reuses.
 """
@@ -58,7 +62,10 @@ def test_a_low_report_is_triaged_raised_and_rerouted_within_seconds(
     kafka_bootstrap: str, isolation: str, tmp_path: Path
 ) -> None:
     database = {"ESCALATE_DATABASE_URL": f"sqlite:///{tmp_path / 'audit.db'}"}
-    with start_pipeline(kafka_bootstrap, isolation, tmp_path, "20s", intake=True) as pipeline:
+    rules_alone = {"ESCALATE_MODEL_FILE": ""}
+    with start_pipeline(
+        kafka_bootstrap, isolation, tmp_path, "20s", intake=True, env=rules_alone
+    ) as pipeline:
         pipeline.components.env.update(database)
         pipeline.components.start("audit")
         wait_for(lambda: _answers(pipeline.base_url), what="the intake")

@@ -11,7 +11,8 @@ import pytest
 
 from escalate.settings import DEFAULT_CONFIG_DIR, Settings, parse_api_keys
 from schemas.directory import Directory
-from schemas.policy import Policy, format_duration, parse_duration
+from schemas.durations import format_duration, parse_duration
+from schemas.policy import Policy
 from schemas.yaml_loader import ConfigError, load_yaml_model, parse_yaml_text
 from stream_processors.config_holder import ConfigHolder
 
@@ -114,7 +115,7 @@ def test_holder_applies_a_changed_policy_and_refuses_a_broken_one(tmp_path: Path
     clock[0] = 2.0
     second = holder.current()
     assert second.policy_version != first
-    assert second.classifier.version == second.policy_version
+    assert second.classifier.classifier.version == second.policy_version
     policy.write_text("severities: [this is wrong\n", encoding="utf-8")
     _bump(policy)
     clock[0] = 4.0

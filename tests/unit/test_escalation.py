@@ -3,7 +3,7 @@ clock moved by hand under the default policy and directory."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from pydantic import ValidationError
@@ -17,36 +17,20 @@ from schemas.escalation import EscalationState, IncidentStatus
 from schemas.incidents import Decision, IncidentClassified
 from schemas.notifications import NotificationKind, NotificationRequest
 from schemas.policy import Policy, Routing
-from schemas.reports import ReportIn
 from schemas.yaml_loader import load_yaml_model
 from stream_processors.escalation.core import on_action, on_incident, on_tick
 from stream_processors.routing.directory_index import DirectoryIndex
+from tests.fakes import T0, make_incident
 
 POLICY = load_yaml_model(DEFAULT_CONFIG_DIR / "policy.yaml", Policy)
 INDEX = DirectoryIndex(load_yaml_model(DEFAULT_CONFIG_DIR / "directory.yaml", Directory))
-T0 = datetime(2026, 11, 28, 22, 0, tzinfo=UTC)
 SCHOOL = "bgh@thcs-pct.badinh.example"
 DISTRICT = "pgd@badinh.hanoi.example"
 CITY = "chanh-van-phong@sogd.hanoi.example"
 
 
 def incident(severity: Severity, category: Category = Category.cyberbullying) -> IncidentClassified:
-    return IncidentClassified(
-        incident_id="inc-1",
-        report_ids=["r-1"],
-        tracking_codes=["ESC-AAAA-BBBB"],
-        school_code="HN-BD-THCS-001",
-        received_at=T0,
-        classified_at=T0,
-        decision=Decision(severity=severity, category=category, rules_version="v1"),
-        report=ReportIn(
-            channel="app",
-            reporter_role="parent",
-            school_code="HN-BD-THCS-001",
-            description="Một nhóm bạn đăng ảnh chế giễu em lên nhóm lớp.",
-            contact={"name": "Phụ huynh", "phone": "0900 000 000"},
-        ),
-    )
+    return make_incident(Decision(severity=severity, category=category, rules_version="v1"))
 
 
 def action(kind: ActionKind, tier: Tier, n: int = 1, at: datetime = T0) -> IncidentAction:

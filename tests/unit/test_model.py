@@ -169,7 +169,7 @@ def test_feedback_loop_catches_a_reviewed_miss(
     assert after.severity == Severity.critical.value
 
 
-@pytest.mark.parametrize("name", ["batch9", "batch10"])
+@pytest.mark.parametrize("name", ["batch9", "batch10", "batch11", "batch12"])
 def test_shipped_model_holds_its_recorded_blind_figures(name: str) -> None:
     bars = json.loads(BARS.read_text(encoding="utf-8"))["untuned"][name]
     files = sorted((DATA / "untuned").glob(f"reports-{name}-*.jsonl"))
@@ -179,6 +179,10 @@ def test_shipped_model_holds_its_recorded_blind_figures(name: str) -> None:
     model = m.load(DEFAULT_MODEL)
     result = compare(rows, policy, lambda _i: model).tallies
     crit = Severity.critical
+    assert result["rules"].support[crit] == bars["critical"]
     assert result["model"].found[crit] >= bars["model_critical_found"]
-    assert result["higher of both"].found[crit] >= bars["combined_critical_found"]
-    assert result["higher of both"].raised_to_critical <= bars["combined_raised_to_critical_max"]
+    assert result["combined"].found[crit] >= bars["combined_critical_found"]
+    assert result["combined"].raised_to_critical <= bars["combined_raised_to_critical_max"]
+    # By construction the model adds no police false alarms: a model-only raise waits for review.
+    assert result["combined"].police_false_alarms == result["rules"].police_false_alarms
+    assert result["combined"].police_at_once == result["rules"].police_at_once

@@ -3,7 +3,7 @@ how a review re-routes; the clock moved by hand under the default policy and dir
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 
 import pytest
 from pydantic import ValidationError
@@ -22,10 +22,10 @@ from schemas.yaml_loader import load_yaml_model
 from stream_processors.classification.engine import Classifier
 from stream_processors.escalation.core import on_action, on_incident, on_tick
 from stream_processors.routing.directory_index import DirectoryIndex
+from tests.fakes import T0, make_incident
 
 POLICY = load_yaml_model(DEFAULT_CONFIG_DIR / "policy.yaml", Policy)
 INDEX = DirectoryIndex(load_yaml_model(DEFAULT_CONFIG_DIR / "directory.yaml", Directory))
-T0 = datetime(2026, 11, 28, 22, 0, tzinfo=UTC)
 DESK = "tiep-nhan@sogd.hanoi.example"
 SCHOOL = "bgh@thcs-pct.badinh.example"
 CITY = "chanh-van-phong@sogd.hanoi.example"
@@ -42,29 +42,14 @@ def incident(
     danger: bool = False,
     reasons: list[str] | None = None,
 ) -> IncidentClassified:
-    return IncidentClassified(
-        incident_id="inc-1",
-        report_ids=["r-1"],
-        tracking_codes=["ESC-AAAA-BBBB"],
-        school_code="HN-BD-THCS-001",
-        received_at=T0,
-        classified_at=T0,
-        decision=Decision(
-            severity=severity,
-            category=category,
-            reasons=reasons or [],
-            needs_review=needs_review,
-            rules_version="v1",
-        ),
-        report=ReportIn(
-            channel="app",
-            reporter_role="parent",
-            school_code="HN-BD-THCS-001",
-            description=DESCRIPTION,
-            immediate_danger=danger,
-            contact={"name": "Phụ huynh", "phone": PHONE},
-        ),
+    decision = Decision(
+        severity=severity,
+        category=category,
+        reasons=reasons or [],
+        needs_review=needs_review,
+        rules_version="v1",
     )
+    return make_incident(decision, description=DESCRIPTION, danger=danger)
 
 
 def review(
