@@ -95,7 +95,7 @@ def main() -> int:
         },
         work,
     )
-    components.start("processors", "escalator", "notifier")
+    components.start("processors", "grouper", "escalator", "notifier")
     publisher = ReportPublisher(bootstrap, prefix)
     try:
         warm = publisher.publish(

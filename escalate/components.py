@@ -6,6 +6,7 @@ Every component runs as its own process (``escalate run NAME``), as it would in 
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import signal
 import threading
@@ -24,8 +25,8 @@ if TYPE_CHECKING:  # the CLI imports this module; the components' libraries load
 
 log = logging.getLogger("escalate")
 
-COMPONENTS = ("intake", "processors", "escalator", "notifier", "audit")
-METRICS_OFFSET = {"processors": 1, "notifier": 2, "audit": 3, "escalator": 4}
+COMPONENTS = ("intake", "processors", "grouper", "escalator", "notifier", "audit")
+METRICS_OFFSET = {"processors": 1, "notifier": 2, "audit": 3, "escalator": 4, "grouper": 5}
 
 
 def require_bootstrap(settings: Settings) -> str:
@@ -165,6 +166,27 @@ def run_escalator(settings: Settings) -> int:
     return 0
 
 
+def run_grouper(settings: Settings) -> int:
+    from stream_processors.config_holder import ConfigHolder
+    from stream_processors.grouping.worker import Grouper, GrouperConfig
+
+    bootstrap = require_bootstrap(settings)
+    _serve_metrics(settings, "grouper")
+    stop = _stop_event()
+    holder = ConfigHolder(settings.policy_file, settings.directory_file)
+    config = GrouperConfig(
+        topic_prefix=settings.topic_prefix,
+        app_id=settings.app_id,
+        instance_id=settings.instance_id,
+        # Its own key, derived: the grouping hashes never share a key with signed links.
+        hash_key=hashlib.sha256(
+            b"escalate-grouping\0" + settings.secret_key.get_secret_value().encode("utf-8")
+        ).digest(),
+    )
+    Grouper(config, holder).run(bootstrap, stop)
+    return 0
+
+
 def smtp_config(settings: Settings) -> SmtpConfig:
     from consumers.notifier.sender import SmtpConfig
 
@@ -229,6 +251,7 @@ RUNNERS: dict[str, Callable[[Settings], int]] = {
     "intake": run_intake,
     "processors": run_processors,
     "escalator": run_escalator,
+    "grouper": run_grouper,
     "notifier": run_notifier,
     "audit": run_audit,
 }

@@ -21,6 +21,8 @@ class AuditEventType(StrEnum):
     resolved = "resolved"
     note_added = "note_added"
     reclassified = "reclassified"
+    grouped = "grouped"  # a later report joined an open incident (why: link, account, text)
+    updated = "updated"  # the incident took in a later report (and re-routed if it raised)
 
 
 class AuditEvent(BaseModel):

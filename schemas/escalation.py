@@ -15,7 +15,11 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from schemas.common import Category, Severity, Tier
-from schemas.incidents import IncidentClassified
+from schemas.incidents import GroupMatch, IncidentClassified, IncidentUpdate
+from schemas.reports import ReportIn
+
+#: later reports kept whole in an incident's state (and shown in mails); the count goes on
+MAX_LATER_REPORTS = 20
 
 
 class IncidentStatus(StrEnum):
@@ -41,6 +45,11 @@ class TierState(BaseModel):
         default=None, description="The step at which this tier was first told; None: not yet."
     )
     acknowledged: Acknowledgement | None = None
+    reports_seen: int = Field(
+        default=1,
+        ge=0,
+        description="How many of the incident's reports the last mail to this tier showed.",
+    )
 
 
 class ReviewState(BaseModel):
@@ -65,6 +74,20 @@ class ReviewState(BaseModel):
         default=None, description="The severity before the latest review."
     )
     previous_category: Category | None = None
+
+
+class LaterReport(BaseModel):
+    """A report that joined the incident after it was opened (an ``IncidentUpdate``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    report_id: str
+    tracking_code: str
+    received_at: datetime
+    severity: Severity = Field(description="How this report alone was classified.")
+    category: Category
+    match: GroupMatch
+    report: ReportIn
 
 
 class EscalationState(BaseModel):
@@ -107,7 +130,28 @@ class EscalationState(BaseModel):
     applied_actions: list[str] = Field(
         default_factory=list, description="Ids of the actions already applied (bounded)."
     )
+    later_reports: list[LaterReport] = Field(
+        default_factory=list,
+        description=f"The latest {MAX_LATER_REPORTS} reports that joined after the first; "
+        "their ids and tracking codes are all in ``incident``.",
+    )
+    digest_due: datetime | None = Field(
+        default=None,
+        description="When an update digest goes to the tiers told that no mail has shown the "
+        "latest reports yet (a reminder shows them first if one comes sooner); at most one "
+        "digest per ack_within.",
+    )
+    last_digest_at: datetime | None = None
+    early_updates: list[IncidentUpdate] = Field(
+        default_factory=list,
+        description="Updates that arrived before their incident (separate topics do not keep "
+        f"order between them); applied when it comes. Bounded at {MAX_LATER_REPORTS}.",
+    )
     updated_at: datetime
+
+    @property
+    def report_count(self) -> int:
+        return len(self.incident.report_ids) if self.incident is not None else 0
 
     @model_validator(mode="before")
     @classmethod

@@ -15,6 +15,11 @@ def incident_id_for_report(report_id: str) -> str:
     return "inc-" + report_id
 
 
+def school_key(school_code: str) -> str:
+    """The key that brings one school's reports together (codes are case-insensitive)."""
+    return school_code.strip().upper()
+
+
 def event_id(*parts: str) -> str:
     """Deterministic id for an event, so a replay is recognised and written once.
 

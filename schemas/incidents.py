@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
+from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
@@ -75,4 +76,47 @@ class IncidentClassified(BaseModel):
     received_at: datetime
     classified_at: datetime
     decision: Decision
+    report: ReportIn
+    follow_up_of: str | None = Field(
+        default=None, description="Copied from the report: the incident it adds to, if any."
+    )
+
+
+class MatchKind(StrEnum):
+    """Why a later report joined an open incident."""
+
+    link = "link"  # the same meeting link or meeting id
+    account = "account"  # the same named account or phone number
+    text = "text"  # folded words similar above the policy's threshold
+    follow_up = "follow_up"  # the reporter added it from the status page of an earlier report
+
+
+class GroupMatch(BaseModel):
+    """The evidence for grouping, as the audit timeline shows it (never report text)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: MatchKind
+    label: str = Field(
+        default="",
+        description="What matched, without personal data: 'zoom', 'meet', 'phone', 'account', "
+        "'words' or 'tracking code'.",
+    )
+    score: float = Field(default=1.0, ge=0, le=1, description="1 for links and accounts.")
+
+
+class IncidentUpdate(BaseModel):
+    """A later report of an event that already has an open incident (``incidents.updates``)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    schema_version: Literal[1] = 1
+    incident_id: str = Field(description="The incident the report joins.")
+    report_id: str
+    tracking_code: str
+    school_code: str
+    received_at: datetime
+    grouped_at: datetime
+    match: GroupMatch
+    decision: Decision = Field(description="How the later report alone was classified.")
     report: ReportIn

@@ -22,6 +22,7 @@ class NotificationKind(StrEnum):
     acknowledged = "acknowledged"  # an organisation acknowledged: for your information
     resolved = "resolved"  # an organisation closed the incident: for your information
     review = "review"  # the classifier was unsure: a person must look at it
+    update = "update"  # more reports came in about an incident you were already told of
 
 
 class Recipient(BaseModel):
@@ -30,6 +31,20 @@ class Recipient(BaseModel):
     tier: Tier
     name: str
     email: Email
+
+
+class LaterReportNote(BaseModel):
+    """A later report of the same event, as a recipient may see it (contact redacted)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    tracking_code: str
+    received_at: datetime
+    severity: Severity
+    category: Category
+    description: str
+    immediate_danger: bool = False
+    contact: ReporterContact | None = None
 
 
 class NotificationRequest(BaseModel):
@@ -66,6 +81,18 @@ class NotificationRequest(BaseModel):
     evidence_urls: list[str] = Field(default_factory=list)
     contact: ReporterContact | None = Field(
         default=None, description="Present only when the policy lets this tier see it."
+    )
+    report_count: int = Field(
+        default=1, ge=1, description="Reports of this event so far (the first and later ones)."
+    )
+    later_reports: list[LaterReportNote] = Field(
+        default_factory=list,
+        description="The later reports this mail shows (the latest ones, bounded).",
+    )
+    new_reports: int = Field(
+        default=0,
+        ge=0,
+        description="How many reports came in since the last mail to the tiers told.",
     )
 
 

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from schemas.common import Severity, Tier
 from schemas.durations import Duration, format_duration
+from schemas.grouping import GroupingPolicy
 from schemas.incidents import DANGER_WITHOUT_RULE, Decision
 from schemas.reports import ReportIn
 from schemas.rules import ClassificationRules
@@ -219,6 +220,7 @@ class Routing(BaseModel):
     acknowledgement: AcknowledgementPolicy = Field(default_factory=AcknowledgementPolicy)
     review: ReviewPolicy = Field(default_factory=ReviewPolicy)
     second_opinion: SecondOpinionPolicy = Field(default_factory=SecondOpinionPolicy)
+    grouping: GroupingPolicy = Field(default_factory=GroupingPolicy)
 
     @model_validator(mode="after")
     def _complete(self) -> Routing:

@@ -110,3 +110,9 @@ class ReportSubmitted(BaseModel):
     received_at: datetime
     intake_client: str = Field(description="Name of the API key or channel that brought it in.")
     report: ReportIn
+    follow_up_of: str | None = Field(
+        default=None,
+        description="The incident this report adds to: set when a reporter sends more "
+        "information from the status page of an earlier report. The grouper attaches it to "
+        "that incident as an update, whatever its age or wording.",
+    )

@@ -9,7 +9,8 @@ from pydantic import BaseModel
 from schemas.actions import IncidentAction
 from schemas.audit import AuditEvent, DeadLetter
 from schemas.escalation import EscalationState
-from schemas.incidents import IncidentClassified
+from schemas.grouping import SchoolGroups
+from schemas.incidents import IncidentClassified, IncidentUpdate
 from schemas.notifications import DeliveryResult, NotificationRequest
 from schemas.reports import ReportSubmitted
 
@@ -28,6 +29,12 @@ class TopicSpec:
 
 
 REPORTS_SUBMITTED = TopicSpec("reports.submitted.v1", key="report_id", model=ReportSubmitted)
+# Each report once classified, keyed by its school (``schemas.ids.school_key``): one school's
+# reports meet in one partition, where the grouper decides new incident or update.
+REPORTS_CLASSIFIED = TopicSpec("reports.classified.v1", key="school", model=IncidentClassified)
+# The grouper's open incidents per school, partitioned like reports.classified.
+GROUPING_STATE = TopicSpec("grouping.state.v1", key="school", model=SchoolGroups, compacted=True)
+INCIDENTS_UPDATES = TopicSpec("incidents.updates.v1", key="incident_id", model=IncidentUpdate)
 INCIDENTS_CLASSIFIED = TopicSpec(
     "incidents.classified.v1", key="incident_id", model=IncidentClassified
 )
@@ -48,7 +55,10 @@ DEAD_LETTER = TopicSpec("deadletter.v1", key="source key", model=DeadLetter, par
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
     REPORTS_SUBMITTED,
+    REPORTS_CLASSIFIED,
+    GROUPING_STATE,
     INCIDENTS_CLASSIFIED,
+    INCIDENTS_UPDATES,
     NOTIFICATIONS_REQUESTED,
     NOTIFICATIONS_RESULTS,
     AUDIT_EVENTS,

@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel, ValidationError
 
 from consumers.dead_letters import DeadLetters, Reason, describe_failure
-from schemas.ids import incident_id_for_report
+from schemas.ids import incident_id_for_report, school_key
 from schemas.incidents import IncidentClassified
 from schemas.reports import ReportSubmitted
 from schemas.topics import (
@@ -29,6 +29,7 @@ from schemas.topics import (
     DEAD_LETTER,
     INCIDENTS_CLASSIFIED,
     NOTIFICATIONS_REQUESTED,
+    REPORTS_CLASSIFIED,
     REPORTS_SUBMITTED,
     TopicSpec,
 )
@@ -214,6 +215,9 @@ def create_app(
         decision = judge.classify(submitted.report)
         result = open_incident(submitted, decision, _now())
         key = result.incident.incident_id.encode("utf-8")
+        # Keyed by school: one school's reports meet in one partition of the grouper, which
+        # decides whether this one opens an incident or joins an open one.
+        school = school_key(result.incident.school_code).encode("utf-8")
         metrics.classified.labels(decision.severity.value, decision.category.value).inc()
         view = decision.second_opinion
         if judge.model_failures > failures:
@@ -221,7 +225,7 @@ def create_app(
         elif view is not None:
             outcome = "raised" if view.raised_from else "category" if view.category_from else ""
             metrics.second_opinion.labels(outcome or "agreed").inc()
-        return [(INCIDENTS_CLASSIFIED, key, result.incident), (AUDIT_EVENTS, key, result.audit)]
+        return [(REPORTS_CLASSIFIED, school, result.incident), (AUDIT_EVENTS, key, result.audit)]
 
     def routed(incident: IncidentClassified) -> Output:
         config = holder.current()

@@ -29,6 +29,7 @@ def open_incident(
         classified_at=now,
         decision=decision,
         report=submitted.report,
+        follow_up_of=submitted.follow_up_of,
     )
     audit = AuditEvent(
         event_id=event_id(

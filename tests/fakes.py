@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from schemas.incidents import Decision, IncidentClassified
+from schemas.incidents import Decision, GroupMatch, IncidentClassified, IncidentUpdate, MatchKind
 from schemas.reports import ReportIn
 
 T0 = datetime(2026, 11, 28, 22, 0, tzinfo=UTC)
@@ -83,3 +83,92 @@ def faulty_processors() -> int:
     app.open_incident = open_incident  # type: ignore[assignment]
     app.plan_notifications = plan_notifications  # type: ignore[assignment]
     return main(["run", "processors"])
+
+
+def make_update(
+    decision: Decision,
+    n: int,
+    *,
+    at: datetime = T0,
+    incident_id: str = "inc-1",
+    description: str = "Em cũng thấy người lạ vào lớp học trực tuyến và nói bậy.",
+    danger: bool = False,
+) -> IncidentUpdate:
+    """The n-th later report joining ``incident_id`` (matched by its meeting link)."""
+    return IncidentUpdate(
+        incident_id=incident_id,
+        report_id=f"r-later-{n}",
+        tracking_code=f"ESC-LATE-{n:04d}",
+        school_code=SCHOOL_CODE,
+        received_at=at,
+        grouped_at=at,
+        match=GroupMatch(kind=MatchKind.link, label="zoom"),
+        decision=decision,
+        report=ReportIn(
+            channel="web_form",
+            reporter_role="student",
+            school_code=SCHOOL_CODE,
+            description=description,
+            immediate_danger=danger,
+            contact={"name": f"Học sinh {n}", "phone": "0911 111 111"},
+        ),
+    )
+
+
+# ---- the reporters' status page: a view that knows tracking codes, a publisher that records ----
+
+
+class FakeReportView:
+    """The real in-memory index (``StatusIndex``) with a readiness switch, as the status routes
+    see an ``IncidentView``; it also serves the action pages (``get``)."""
+
+    def __init__(self, ready: bool = True) -> None:
+        from producers.intake.incidents import StatusIndex
+
+        self.index = StatusIndex()
+        self.is_ready = ready
+
+    def get(self, incident_id: str) -> object:
+        return self.index.get(incident_id)
+
+    def ready(self) -> bool:
+        return self.is_ready
+
+    def find_code(self, code: str) -> object:
+        return self.index.find_code(code)
+
+    def note_submitted(self, submitted: object) -> None:
+        self.index.note_submitted(submitted)
+
+
+class FakeReportPublisher:
+    """Keeps what would have been published; ``fail`` makes it refuse like a broker that is away."""
+
+    def __init__(self) -> None:
+        self.published: list[object] = []
+        self.fail = False
+
+    def publish(
+        self, report: object, intake_client: str, follow_up_of: str | None = None
+    ) -> object:
+        import uuid
+
+        from producers.intake.publisher import PublishError
+        from schemas.ids import new_tracking_code
+        from schemas.reports import ReportSubmitted
+
+        if self.fail:
+            raise PublishError("the broker did not confirm the write: KafkaTimeoutError")
+        submitted = ReportSubmitted(
+            report_id=str(uuid.uuid4()),
+            tracking_code=new_tracking_code(),
+            received_at=datetime.now(UTC),
+            intake_client=intake_client,
+            report=report,
+            follow_up_of=follow_up_of,
+        )
+        self.published.append(submitted)
+        return submitted
+
+    def ready(self) -> bool:
+        return not self.fail

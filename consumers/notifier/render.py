@@ -23,6 +23,7 @@ from email.utils import format_datetime
 
 from schemas.common import Severity, Tier
 from schemas.notifications import NotificationKind, NotificationRequest
+from schemas.reports import ReporterContact
 
 # Hanoi has been on UTC+7 without daylight saving since 1975; a fixed offset avoids needing tzdata.
 HANOI = timezone(timedelta(hours=7), "UTC+7")
@@ -41,6 +42,7 @@ def message_id_for(req: NotificationRequest) -> str:
         NotificationKind.acknowledged,
         NotificationKind.resolved,
         NotificationKind.review,
+        NotificationKind.update,
     ):
         raw += f"|{req.notification_id}"
     return f"<{hashlib.sha256(raw.encode('utf-8')).hexdigest()[:32]}@escalate.local>"
@@ -115,6 +117,7 @@ KIND_SUBJECT: dict[NotificationKind, str] = {
     NotificationKind.acknowledged: "Đã xác nhận / Acknowledged: ",
     NotificationKind.resolved: "Đã xử lý / Resolved: ",
     NotificationKind.review: "Cần xem xét / Review needed: ",
+    NotificationKind.update: "Báo cáo mới / New reports: ",
 }
 
 KIND_OPENING: dict[NotificationKind, str] = {
@@ -125,6 +128,8 @@ KIND_OPENING: dict[NotificationKind, str] = {
     " / ESCALATED: the organisations told first did not acknowledge in time",
     NotificationKind.review: "CẦN XEM XÉT: hệ thống không chắc chắn về mức độ của báo cáo này"
     " / REVIEW: the classifier is unsure how serious this report is",
+    NotificationKind.update: "CẬP NHẬT: có thêm báo cáo về sự cố quý đơn vị đã được báo"
+    " / UPDATE: more reports came in about an incident you were already told of",
 }
 
 
@@ -157,10 +162,11 @@ def _reports_block(req: NotificationRequest) -> list[str]:
     return lines
 
 
-def _contact_block(req: NotificationRequest) -> list[str]:
+def _contact_lines(req: NotificationRequest, contact: ReporterContact | None) -> list[str]:
     # Routing strips the contact for tiers that may not see it; the school tier never does, so
     # a request that still carries one for a school is treated as a routing slip, not a licence.
-    contact = req.contact if req.recipient.tier is not Tier.school else None
+    if req.recipient.tier is Tier.school:
+        contact = None
     if contact is None or not (contact.name or contact.phone or contact.email):
         return ["Liên hệ người báo cáo / Reporter contact: không kèm theo / not included"]
     lines = ["Liên hệ người báo cáo / Reporter contact (thông tin nhạy cảm / sensitive):"]
@@ -171,6 +177,43 @@ def _contact_block(req: NotificationRequest) -> list[str]:
     if contact.email:
         lines.append(f"  Email: {_inline(contact.email)}")
     return lines
+
+
+def _contact_block(req: NotificationRequest) -> list[str]:
+    return _contact_lines(req, req.contact)
+
+
+def _later_block(req: NotificationRequest) -> list[str]:
+    """The reports that joined the incident after the first: the count, then the latest ones
+    (each quoted like the first, its contact redacted by the same rule)."""
+    if req.report_count <= 1 and not req.later_reports:
+        return []
+    lines = [
+        f"Số báo cáo về sự việc này / Reports of this event: {req.report_count}"
+        + (
+            f" ({req.new_reports} mới từ thư trước / new since the last mail)"
+            if req.new_reports
+            else ""
+        ),
+    ]
+    shown = req.later_reports
+    if len(shown) < req.report_count - 1:
+        lines.append(f"Các báo cáo sau gần nhất / The latest later reports ({len(shown)}):")
+    elif shown:
+        lines.append("Các báo cáo sau / Later reports:")
+    for n, later in enumerate(shown, 1):
+        head = (
+            f"  [{n}] {_inline(later.tracking_code)} — {later.severity.value.upper()}"
+            f" / {later.category.value} — {_when(later.received_at)}"
+        )
+        lines.append(head)
+        if later.immediate_danger:
+            lines.append(
+                "      !! Trẻ đang gặp nguy hiểm tức thời / A child is in immediate danger"
+            )
+        lines += [f"    {line}" for line in _quoted(later.description)]
+        lines += [f"    {line}" for line in _contact_lines(req, later.contact)]
+    return ["", *lines]
 
 
 def _action_block(action_url: str | None) -> list[str]:
@@ -257,6 +300,7 @@ def render_body(req: NotificationRequest, action_url: str | None = None) -> str:
         "",
         "Các báo cáo / Reports covered:",
         *_reports_block(req),
+        *_later_block(req),
         "",
         "Lý do phân loại / Why it was classified this way:",
         *([f"  - {_inline(reason)}" for reason in req.reasons] or ["  - (không có / none given)"]),

@@ -29,6 +29,8 @@ TEXT: dict[str, dict[str, str]] = {
         "school": "Trường",
         "received": "Tiếp nhận lúc",
         "description": "Nội dung báo cáo",
+        "later": "Các báo cáo sau về cùng sự việc",
+        "report_count": "Số báo cáo",
         "hanoi_time": "giờ Hà Nội",
         "status": "Tình trạng",
         "status_unknown": "Chưa có thông tin tình trạng (sự việc có thể đang được chuyển đi). "
@@ -106,6 +108,8 @@ TEXT: dict[str, dict[str, str]] = {
         "school": "School",
         "received": "Received",
         "description": "What was reported",
+        "later": "Later reports of the same event",
+        "report_count": "Reports",
         "hanoi_time": "Hanoi time",
         "status": "Status",
         "status_unknown": "Status not yet available (the incident may still be on its way). "
@@ -297,7 +301,29 @@ def _summary(lang: str, incident_id: str, state: EscalationState | None, school:
             f"<dt>{escape(t['description'])}</dt>"
             f'<dd><p class="report" id="report">{escape(incident.report.description)}</p></dd>'
         )
-    return f"<h2>{escape(t['summary'])}</h2><dl>{items}{report}</dl>"
+    return f"<h2>{escape(t['summary'])}</h2><dl>{items}{report}</dl>{_later(lang, state)}"
+
+
+def _later(lang: str, state: EscalationState | None) -> str:
+    """Reports that joined the incident after the first: the count and the latest ones, each
+    with its time and rating (never the reporter's contact: a link may be forwarded)."""
+    if state is None or state.incident is None or state.report_count <= 1:
+        return ""
+    t = TEXT[lang]
+    items = "".join(
+        "<li>"
+        f"<p>{escape(hanoi_time(later.received_at, lang))} · "
+        f"{escape(SEVERITY_LABELS[lang][later.severity.value])} · "
+        f"{escape(CATEGORY_LABELS[lang][later.category.value])}</p>"
+        f'<p class="report">{escape(later.report.description)}</p>'
+        "</li>"
+        for later in reversed(state.later_reports)
+    )
+    return (
+        f'<h2 id="later">{escape(t["later"])}</h2>'
+        f'<p>{escape(t["report_count"])}: <strong id="report-count">{state.report_count}</strong>'
+        f"</p><ol>{items}</ol>"
+    )
 
 
 def _status(lang: str, state: EscalationState | None) -> str:

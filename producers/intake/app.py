@@ -27,8 +27,11 @@ from producers.intake.bodies import (
 )
 from producers.intake.errors import field_reasons
 from producers.intake.form import form_errors, pick_lang, render_accepted, render_form
+from producers.intake.incidents import ReportLookup
 from producers.intake.publisher import PublishError, ReportPublisher
-from schemas.reports import ReportIn
+from producers.intake.ratelimit import FOLLOW_UP_RATE, LOOKUP_RATE, ClientLimiter
+from producers.intake.status import StatusDesk, StatusMetrics, add_status_routes
+from schemas.reports import ReportIn, ReportSubmitted
 
 
 class IntakeMetrics:
@@ -41,6 +44,7 @@ class IntakeMetrics:
         )
         # Registered with the intake's own metrics so they exist (at zero) in every intake.
         self.actions = ActionMetrics(registry)
+        self.status = StatusMetrics(registry)
 
 
 def create_app(
@@ -49,16 +53,43 @@ def create_app(
     registry: CollectorRegistry,
     extra_ready: Callable[[], dict[str, bool]] | None = None,
     actions: ActionDesk | None = None,
+    status_view: ReportLookup | None = None,
+    lookup_rate: str = LOOKUP_RATE,
+    follow_up_rate: str = FOLLOW_UP_RATE,
+    rate_limit_storage: str = "memory://",
 ) -> FastAPI:
     """``api_keys`` maps each accepted key to the client name recorded with its reports.
 
     With ``actions`` the app also serves the personal links of notification mails
     (``/a/{token}``) and the authority API (``/v1/incidents/…``); without, only intake.
+
+    Reporters' status lookups (``/report/status``, ``/v1/reports/{code}``) read
+    ``status_view``, or else the actions' incident view when it knows tracking codes (the
+    ``IncidentView`` does); with neither they answer 503. ``lookup_rate`` and
+    ``follow_up_rate`` are per-address limits in ``limits`` notation ("30/minute").
     """
     app = FastAPI(title="incident-escalation intake", version="1", docs_url="/docs")
     metrics = IntakeMetrics(registry)
     if actions is not None:
         add_action_routes(app, actions, metrics.actions)
+    if status_view is None and actions is not None and isinstance(actions.incidents, ReportLookup):
+        status_view = actions.incidents
+    add_status_routes(
+        app,
+        StatusDesk(
+            view=status_view,
+            publisher=publisher,
+            lookups=ClientLimiter("report-status", lookup_rate, rate_limit_storage),
+            follow_ups=ClientLimiter("report-follow-up", follow_up_rate, rate_limit_storage),
+        ),
+        metrics.status,
+        metrics.requests,
+    )
+
+    def noted(submitted: ReportSubmitted) -> None:
+        # The reporter may look the code up at once, before the view reads it back.
+        if status_view is not None:
+            status_view.note_submitted(submitted)
 
     def client_for(key: str | None) -> str | None:
         if not key:
@@ -115,6 +146,7 @@ def create_app(
             metrics.requests.labels(report.channel.value, "unavailable").inc()
             return json_error(503, f"report not stored, please retry: {exc}", retry=True)
         metrics.requests.labels(report.channel.value, "accepted").inc()
+        noted(submitted)
         return JSONResponse(
             {"report_id": submitted.report_id, "tracking_code": submitted.tracking_code},
             status_code=202,
@@ -161,6 +193,7 @@ def create_app(
             metrics.requests.labels("web_form", "unavailable").inc()
             return HTMLResponse(render_form(language, form, unavailable=True), status_code=503)
         metrics.requests.labels("web_form", "accepted").inc()
+        noted(submitted)
         return HTMLResponse(
             render_accepted(language, submitted.tracking_code, report.immediate_danger),
             status_code=201,

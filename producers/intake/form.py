@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from html import escape
+from urllib.parse import urlencode
 
 from pydantic import ValidationError
 
@@ -49,6 +50,8 @@ TEXT: dict[str, dict[str, str]] = {
         "field_reporter_role": "Bạn là",
         "field_category_hint": "Loại sự việc",
         "field_contact": "Liên hệ của bạn",
+        "field_evidence_urls": "Đường dẫn bằng chứng",
+        "follow": "Xem tiến độ xử lý hoặc bổ sung thông tin",
     },
     "en": {
         "title": "Report an online safety incident",
@@ -91,6 +94,8 @@ TEXT: dict[str, dict[str, str]] = {
         "field_reporter_role": "You are",
         "field_category_hint": "Kind of incident",
         "field_contact": "Your contact",
+        "field_evidence_urls": "Evidence link",
+        "follow": "See progress or add information",
     },
 }
 
@@ -134,7 +139,8 @@ STYLE = """
 body{font-family:system-ui,sans-serif;max-width:42rem;margin:1rem auto;padding:0 1rem;
 line-height:1.5;color:#1b1b1b}
 label{display:block;margin-top:1rem;font-weight:600}
-input[type=text],input[type=email],input[type=tel],select,textarea{width:100%;padding:.5rem;
+input[type=text],input[type=email],input[type=tel],input[type=url],select,textarea{width:100%;
+padding:.5rem;
 font-size:1rem;box-sizing:border-box;font-family:inherit}
 .check{display:flex;gap:.6rem;align-items:flex-start}.check input{width:1.4rem;height:1.4rem;
 margin-top:.15rem;flex:none}.hint{font-size:.9rem;color:#555;margin:.2rem 0 0}
@@ -152,12 +158,21 @@ def pick_lang(lang: str | None) -> str:
     return "en" if (lang or "").lower().startswith("en") else "vi"
 
 
-def _page(lang: str, body: str) -> str:
+def _page(lang: str, body: str, title: str | None = None, private: bool = False) -> str:
+    """``private``: a page whose URL carries a tracking code, kept out of Referer headers and
+    search engines."""
     t = TEXT[lang]
+    meta = (
+        '<meta name="referrer" content="same-origin">'
+        '<meta name="robots" content="noindex, nofollow">'
+        if private
+        else ""
+    )
     return (
         f'<!doctype html><html lang="{lang}"><head><meta charset="utf-8">'
-        f'<meta name="viewport" content="width=device-width, initial-scale=1">'
-        f"<title>{escape(t['title'])}</title><style>{STYLE}</style></head><body><main>{body}</main></body></html>"
+        f'<meta name="viewport" content="width=device-width, initial-scale=1">{meta}'
+        f"<title>{escape(title or t['title'])}</title><style>{STYLE}</style></head>"
+        f"<body><main>{body}</main></body></html>"
     )
 
 
@@ -169,13 +184,14 @@ def _with_phone_links(text: str) -> str:
     return html
 
 
-def form_errors(exc: ValidationError, lang: str) -> list[str]:
-    """Validation problems in the reporter's language, naming fields as the form labels them."""
+def form_errors(exc: ValidationError, lang: str, labels: dict[str, str] | None = None) -> list[str]:
+    """Validation problems in the reporter's language, naming fields as the form labels them
+    (``labels``: field names a page labels otherwise than the report form)."""
     t = TEXT[lang]
     messages = []
     for err in exc.errors(include_input=False, include_url=False):
         field = str(err["loc"][0]) if err["loc"] else ""
-        label = t.get(f"field_{field}", field)
+        label = (labels or {}).get(field) or t.get(f"field_{field}", field)
         kind = err["type"]
         if kind == "missing":
             reason = t["err_missing"]
@@ -185,7 +201,7 @@ def form_errors(exc: ValidationError, lang: str) -> list[str]:
             reason = t["err_long"]
         elif kind == "enum":
             reason = t["err_choice"]
-        elif kind in ("string_pattern_mismatch", "value_error"):
+        elif kind in ("string_pattern_mismatch", "value_error") or kind.startswith("url_"):
             reason = t["err_format"]
         else:
             reason = t["err_other"]
@@ -271,6 +287,11 @@ def render_form(
     return _page(lang, body)
 
 
+def status_href(lang: str, tracking_code: str) -> str:
+    """The reporter's status page for a code (already escaped for an attribute)."""
+    return escape(f"/report/status?{urlencode({'code': tracking_code, 'lang': lang})}", quote=True)
+
+
 def render_accepted(lang: str, tracking_code: str, immediate_danger: bool = False) -> str:
     t = TEXT[lang]
     danger = (
@@ -282,6 +303,7 @@ def render_accepted(lang: str, tracking_code: str, immediate_danger: bool = Fals
 <h1>{escape(t["accepted"])}</h1>
 {danger}
 <div class="ok" role="status"><p>{escape(t["tracking"])}:</p>
-<p class="code" id="tracking-code">{escape(tracking_code)}</p><p>{escape(t["keep"])}</p></div>
+<p class="code" id="tracking-code">{escape(tracking_code)}</p><p>{escape(t["keep"])}</p>
+<p><a id="status-link" href="{status_href(lang, tracking_code)}">{escape(t["follow"])}</a></p></div>
 <p><a href="/report?lang={lang}">{escape(t["again"])}</a></p>"""
-    return _page(lang, body)
+    return _page(lang, body, private=True)

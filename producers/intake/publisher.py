@@ -75,13 +75,17 @@ class ReportPublisher(_ConfirmedWriter):
     def __init__(self, bootstrap: str, topic_prefix: str = "", timeout_s: float = 10.0) -> None:
         super().__init__(bootstrap, REPORTS_SUBMITTED.name(topic_prefix), timeout_s)
 
-    def publish(self, report: ReportIn, intake_client: str) -> ReportSubmitted:
+    def publish(
+        self, report: ReportIn, intake_client: str, follow_up_of: str | None = None
+    ) -> ReportSubmitted:
+        """``follow_up_of``: the incident a reporter adds this report to from the status page."""
         submitted = ReportSubmitted(
             report_id=str(uuid.uuid4()),
             tracking_code=new_tracking_code(),
             received_at=datetime.now(UTC),
             intake_client=intake_client,
             report=report,
+            follow_up_of=follow_up_of,
         )
         producer = self._get()
         try:
@@ -97,7 +101,11 @@ class ReportPublisher(_ConfirmedWriter):
                 f"the broker did not confirm the write: {type(exc).__name__}"
             ) from exc
         log.info(
-            "report %s accepted from %s (%s)", submitted.report_id, intake_client, report.channel
+            "report %s accepted from %s (%s)%s",
+            submitted.report_id,
+            intake_client,
+            report.channel,
+            f", adding to incident {follow_up_of}" if follow_up_of else "",
         )
         return submitted
 

@@ -46,11 +46,19 @@ from datetime import datetime
 from schemas.actions import ActionKind, IncidentAction
 from schemas.audit import AuditEvent, AuditEventType
 from schemas.common import SEVERITY_RANK, Category, Severity, Tier
-from schemas.escalation import Acknowledgement, EscalationState, ReviewState, TierState
+from schemas.escalation import (
+    MAX_LATER_REPORTS,
+    Acknowledgement,
+    EscalationState,
+    LaterReport,
+    ReviewState,
+    TierState,
+)
 from schemas.ids import event_id
-from schemas.incidents import IncidentClassified
+from schemas.incidents import Decision, IncidentClassified, IncidentUpdate
 from schemas.notifications import NotificationKind, NotificationRequest, Recipient
 from schemas.policy import ReviewDesk, Routing
+from schemas.reports import ReportIn
 from stream_processors.routing.core import ack_due_at, plan_notifications
 from stream_processors.routing.directory_index import DirectoryIndex
 
@@ -120,24 +128,50 @@ def _requests(
     ref: str = "",
 ) -> list[NotificationRequest]:
     """Requests for ``tiers`` at the current step, built by the router's own core so that
-    recipients and contact redaction are exactly the first notice's."""
+    recipients and contact redaction are exactly the first notice's.
+
+    Every mail but the short acknowledged/resolved news shows the reports that joined since
+    the first, and how many are new to that tier; the tiers' ``reports_seen`` move up to now.
+    """
     if not tiers or state.incident is None:
         return []
     incident = _as_current(state)
-    plan = plan_notifications(incident, routing, index, now, tiers=tiers, step=state.step)
+    informational = kind in INFORMATIONAL
+    later = [] if informational else state.later_reports
+    plan = plan_notifications(
+        incident, routing, index, now, tiers=tiers, step=state.step, later=later
+    )
+    count = state.report_count
     out = []
     for req in plan.notifications:
         update: dict[str, object] = {"kind": kind}
         if due is not None:
             update["ack_due_at"] = due
-        if kind in INFORMATIONAL:
+        if informational:
             # One per action and recipient, never confused with the step's own mail.
             update["notification_id"] = event_id(
                 "notification", req.incident_id, req.recipient.email.lower(), kind.value, ref
             )
             update["acted_by"] = acted_by
             update["acted_by_name"] = acted_by_name
+        else:
+            seen = (
+                state.tiers[req.recipient.tier].reports_seen
+                if req.recipient.tier in (state.tiers)
+                else count
+            )
+            update["new_reports"] = (
+                max(0, count - seen) if kind is not (NotificationKind.first_notice) else 0
+            )
+            if kind is NotificationKind.update:
+                update["notification_id"] = event_id(
+                    "notification", req.incident_id, req.recipient.email.lower(), kind.value, ref
+                )
         out.append(req.model_copy(update=update))
+    if not informational:
+        for tier in tiers:
+            if tier in state.tiers:
+                state.tiers[tier].reports_seen = count
     return out
 
 
@@ -189,34 +223,233 @@ def on_incident(
     state.escalation_due = (
         ack_due_at(incident.received_at, route.ack_within) if keeps_going(state, routing) else None
     )
-    requests: list[NotificationRequest] = []
-    audits: list[AuditEvent] = []
-    reason = routing.review.reason(decision, incident.report)
-    if reason is not None and state.resolved is None and state.review is None:
-        due = ack_due_at(incident.received_at, routing.review_within(reason))
-        state.review = ReviewState(reason=reason.value, opened_at=now, due=due)
-        requests = _review_requests(
-            state, list(routing.review.recipients), routing, index, now, due=due, ref="desk"
-        )
-        audits.append(
-            _audit(
-                state,
-                AuditEventType.escalated,
-                "review-desk",
-                now,
-                {
-                    "step": state.step,
-                    "review": reason.value,
-                    "escalated_to": [],
-                    "recipients": _addresses(requests),
-                    "review_due": due.isoformat(),
-                    "withheld_until_review": [t.value for t in state.withheld],
-                },
-            )
-        )
+    requests, audits = _open_review(state, decision, incident.report, routing, index, now)
+    _refresh_due(state)
+    state.updated_at = now
+    # Updates that came in before their incident (another topic, no order between them).
+    early, state.early_updates = state.early_updates, []
+    for update in early:
+        if update.report_id not in incident.report_ids:
+            more, noted = _take_update(state, update, routing, index, now)
+            requests += more
+            audits += noted
+    return Transition(state, requests, audits)
+
+
+def _open_review(
+    state: EscalationState,
+    decision: Decision,
+    report: ReportIn,
+    routing: Routing,
+    index: DirectoryIndex,
+    now: datetime,
+) -> tuple[list[NotificationRequest], list[AuditEvent]]:
+    """Send the incident to triage if the policy selects this decision and none is open."""
+    reason = routing.review.reason(decision, report)
+    if reason is None or state.resolved is not None or state.review is not None:
+        return [], []
+    received = state.incident.received_at if state.incident is not None else now
+    due = ack_due_at(received if state.step == 0 else now, routing.review_within(reason))
+    state.review = ReviewState(reason=reason.value, opened_at=now, due=due)
+    requests = _review_requests(
+        state, list(routing.review.recipients), routing, index, now, due=due, ref="desk"
+    )
+    audit = _audit(
+        state,
+        AuditEventType.escalated,
+        "review-desk",
+        now,
+        {
+            "step": state.step,
+            "review": reason.value,
+            "escalated_to": [],
+            "recipients": _addresses(requests),
+            "review_due": due.isoformat(),
+            "withheld_until_review": [t.value for t in state.withheld],
+        },
+    )
+    return requests, [audit]
+
+
+def on_update(
+    state: EscalationState | None,
+    update: IncidentUpdate,
+    routing: Routing,
+    index: DirectoryIndex,
+    now: datetime,
+) -> Transition:
+    """A later report joined the incident (the grouper matched it, or its reporter added it).
+
+    The tiers already told get no new first notice: the next reminder, escalation or update
+    digest shows them the count and the new reports. A report that raises the severity
+    re-routes at once: the tiers the new severity notifies and that were not told get a first
+    notice (at the new severity), and the deadline becomes the new severity's. Grouping never
+    lowers a severity. An update ahead of its incident is kept and applied when it comes.
+    """
+    if state is None or state.incident is None:
+        state = (state or _blank(update.incident_id, now)).model_copy(deep=True)
+        if all(u.report_id != update.report_id for u in state.early_updates):
+            state.early_updates = [*state.early_updates, update][-MAX_LATER_REPORTS:]
+        state.updated_at = now
+        return Transition(state)
+    if update.report_id in state.incident.report_ids:
+        return Transition(state)  # a replay: this report is already part of the incident
+    state = state.model_copy(deep=True)
+    requests, audits = _take_update(state, update, routing, index, now)
     _refresh_due(state)
     state.updated_at = now
     return Transition(state, requests, audits)
+
+
+def _take_update(
+    state: EscalationState,
+    update: IncidentUpdate,
+    routing: Routing,
+    index: DirectoryIndex,
+    now: datetime,
+) -> tuple[list[NotificationRequest], list[AuditEvent]]:
+    incident = state.incident
+    assert incident is not None
+    state.incident = incident.model_copy(
+        update={
+            "report_ids": [*incident.report_ids, update.report_id],
+            "tracking_codes": [*incident.tracking_codes, update.tracking_code],
+        }
+    )
+    decision = update.decision
+    state.later_reports = [
+        *state.later_reports,
+        LaterReport(
+            report_id=update.report_id,
+            tracking_code=update.tracking_code,
+            received_at=update.received_at,
+            severity=decision.severity,
+            category=decision.category,
+            match=update.match,
+            report=update.report,
+        ),
+    ][-MAX_LATER_REPORTS:]
+    old = _severity(state)
+    detail: dict[str, object] = {
+        "report_id": update.report_id,
+        "match": update.match.model_dump(mode="json"),
+        "report_severity": decision.severity.value,
+        "report_count": state.report_count,
+        "severity": old.value,
+    }
+    requests: list[NotificationRequest] = []
+    audits: list[AuditEvent] = []
+    if state.resolved is not None:
+        detail["after_resolution"] = True
+    elif SEVERITY_RANK[decision.severity] > SEVERITY_RANK[old]:
+        requests, audits = _raise_by_update(state, decision, update.report, routing, index, now)
+        detail.update(
+            {
+                "severity": decision.severity.value,
+                "raised_from": old.value,
+                "step": state.step,
+                "notified": sorted(
+                    {
+                        r.recipient.tier.value
+                        for r in requests
+                        if r.kind is not NotificationKind.review
+                    }
+                ),
+                "recipients": _addresses(requests),
+                "withheld_until_review": [t.value for t in state.withheld],
+                "next_due": state.escalation_due.isoformat() if state.escalation_due else None,
+            }
+        )
+    _schedule_digest(state, routing, now)
+    audit = _audit(state, AuditEventType.updated, update.report_id, now, detail)
+    return requests, [audit, *audits]
+
+
+def _raise_by_update(
+    state: EscalationState,
+    decision: Decision,
+    report: ReportIn,
+    routing: Routing,
+    index: DirectoryIndex,
+    now: datetime,
+) -> tuple[list[NotificationRequest], list[AuditEvent]]:
+    """A later report rated higher: the new severity's first tiers that were not told are told
+    now (the model-only raise keeps its withheld tiers waiting for review, as for a new
+    incident), and the clock, ladder and reminders start again at the new severity."""
+    state.severity = decision.severity
+    state.category = decision.category
+    route = routing.severities[decision.severity]
+    told = set(_notified(state))
+    fresh = [t for t in routing.first_tiers(decision) if t not in told]
+    held = [t for t in routing.withheld(decision) if t not in told]
+    state.withheld = [t for t in dict.fromkeys([*state.withheld, *held]) if t not in fresh]
+    due = ack_due_at(now, route.ack_within)
+    requests: list[NotificationRequest] = []
+    if fresh:
+        state.step += 1
+        for tier in fresh:
+            state.tiers.setdefault(tier, TierState()).notified_at_step = state.step
+        requests = _requests(
+            state, fresh, NotificationKind.first_notice, routing, index, now, due=due
+        )
+    state.reminders_at_top = 0
+    state.escalation_due = due if keeps_going(state, routing) else None
+    more, audits = _open_review(state, decision, report, routing, index, now)
+    return requests + more, audits
+
+
+def _schedule_digest(state: EscalationState, routing: Routing, now: datetime) -> None:
+    """At most one update digest per ack_within, and only while some tier told has not seen
+    the latest reports. A reminder due sooner shows them first; the digest then goes to
+    whoever is left (tiers that acknowledged get no reminders)."""
+    if state.resolved is not None or not _unseen(state):
+        state.digest_due = None
+        return
+    if state.digest_due is not None:
+        return
+    assert state.incident is not None
+    within = routing.severities[_severity(state)].ack_within
+    since = state.last_digest_at or state.incident.received_at
+    state.digest_due = max(now, ack_due_at(since, within))
+
+
+def _unseen(state: EscalationState) -> list[Tier]:
+    count = state.report_count
+    return [
+        tier
+        for tier, ts in state.tiers.items()
+        if ts.notified_at_step is not None and ts.reports_seen < count
+    ]
+
+
+def _digest(
+    state: EscalationState, routing: Routing, index: DirectoryIndex, now: datetime
+) -> tuple[list[NotificationRequest], list[AuditEvent]]:
+    """The digest fell due: the tiers told that have not seen the latest reports get them."""
+    state.digest_due = None
+    tiers = _unseen(state) if state.resolved is None else []
+    if not tiers:
+        return [], []
+    ref = f"digest-{state.report_count}"
+    due = state.escalation_due or now
+    requests = _requests(
+        state, tiers, NotificationKind.update, routing, index, now, due=due, ref=ref
+    )
+    state.last_digest_at = now
+    audit = _audit(
+        state,
+        AuditEventType.updated,
+        ref,
+        now,
+        {
+            "digest": True,
+            "step": state.step,
+            "report_count": state.report_count,
+            "tiers": [t.value for t in tiers],
+            "recipients": _addresses(requests),
+        },
+    )
+    return requests, [audit]
 
 
 def on_tick(
@@ -233,6 +466,10 @@ def on_tick(
     review = state.review
     if review is not None and review.due is not None and now >= review.due:
         more, noted = _review_step(state, review, routing, index, now)
+        requests += more
+        audits += noted
+    if state.digest_due is not None and now >= state.digest_due:
+        more, noted = _digest(state, routing, index, now)
         requests += more
         audits += noted
     _refresh_due(state)
@@ -375,9 +612,9 @@ def _release_withheld(
 
 
 def _refresh_due(state: EscalationState) -> None:
-    """``next_due`` is the one time the worker watches: the earlier of the two deadlines."""
+    """``next_due`` is the one time the worker watches: the earliest of the deadlines."""
     review_due = state.review.due if state.review is not None else None
-    dues = [d for d in (state.escalation_due, review_due) if d is not None]
+    dues = [d for d in (state.escalation_due, review_due, state.digest_due) if d is not None]
     state.next_due = min(dues) if dues else None
 
 

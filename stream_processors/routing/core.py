@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from schemas.audit import AuditEvent, AuditEventType
 from schemas.common import Tier
+from schemas.escalation import LaterReport
 from schemas.ids import event_id, notification_id
 from schemas.incidents import IncidentClassified
-from schemas.notifications import NotificationRequest, Recipient
+from schemas.notifications import LaterReportNote, NotificationRequest, Recipient
 from schemas.policy import Routing
 from stream_processors.routing.directory_index import DirectoryIndex
 
@@ -89,9 +91,13 @@ def plan_notifications(
     now: datetime,
     tiers: list[Tier] | None = None,
     step: int = 0,
+    later: Sequence[LaterReport] = (),
 ) -> RoutingPlan:
     """Notification requests for ``tiers`` (default: the tiers told at once of a new incident,
-    which are those its severity names less any a model-only raise holds back for review)."""
+    which are those its severity names less any a model-only raise holds back for review).
+
+    ``later`` are reports that joined the incident after it was opened; each request shows
+    them with the reporter's contact redacted by the same rule as the first report's."""
     decision = incident.decision
     route = routing.severities[decision.severity]
     wanted = tiers if tiers is not None else routing.first_tiers(decision)
@@ -110,6 +116,18 @@ def plan_notifications(
         may_see_contact = (
             recipient.tier in routing.contact_visible_to and recipient.tier is not Tier.school
         )
+        notes = [
+            LaterReportNote(
+                tracking_code=item.tracking_code,
+                received_at=item.received_at,
+                severity=item.severity,
+                category=item.category,
+                description=item.report.description,
+                immediate_danger=item.report.immediate_danger,
+                contact=item.report.contact if may_see_contact else None,
+            )
+            for item in later
+        ]
         requests.append(
             NotificationRequest(
                 notification_id=notification_id(incident.incident_id, recipient.email, step),
@@ -136,6 +154,8 @@ def plan_notifications(
                 immediate_danger=report.immediate_danger,
                 evidence_urls=[str(u) for u in report.evidence_urls],
                 contact=report.contact if may_see_contact else None,
+                report_count=max(1, len(incident.report_ids)),
+                later_reports=notes,
             )
         )
     audit = AuditEvent(

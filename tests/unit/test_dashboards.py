@@ -28,6 +28,7 @@ from escalate.settings import Settings
 from producers.intake.app import IntakeMetrics
 from stream_processors.app import ProcessorMetrics
 from stream_processors.escalation.worker import EscalatorMetrics
+from stream_processors.grouping.worker import GrouperMetrics
 from tests.conftest import REPO
 
 DASHBOARD = REPO / "deploy" / "grafana" / "escalate-dashboard.json"
@@ -73,6 +74,7 @@ def registry_families() -> dict[str, str]:
     DeadLetterMetrics(registry)
     LoopMetrics(registry)
     EscalatorMetrics(registry)
+    GrouperMetrics(registry)
     return {family.name: family.type for family in registry.collect()}
 
 

@@ -1,0 +1,1 @@
+"""Grouping: recognising later reports of an event that already has an open incident."""

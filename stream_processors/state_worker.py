@@ -1,0 +1,491 @@
+"""A Kafka service that keeps per-key state and survives kill -9: the machinery, not the rules.
+
+Why not faust: with faust tables and timers under exactly-once, table updates were lost, a
+restore stopped short and recovery crashed on rebalance with two workers (measured here; see
+``KAFKA-NOTES.md``). The design that held up under 10 × kill -9 with one and two workers is a
+plain kafka-python service that keeps its state on a compacted topic and commits state, outputs
+and consumed offsets in one transaction. This module is that design once; a subclass (the
+escalator, the grouper) says what the state is and what one record or one deadline does to it.
+
+- The input topics and the state topic share key and partition count, so partition *p* of each
+  belongs together, and whoever owns input partition *p* owns the state of partition *p*. The
+  range assignor hands a worker the same partition numbers of every input.
+- Each owned partition *p* has its own transactional producer, ``{group_id}-{p}``. A worker that
+  takes *p* over initialises that id, which fences the previous owner (a zombie can no longer
+  commit anything for *p*) and aborts whatever it left open. Only then does it read *p*'s state
+  back from the state topic, read_committed and to the end, and only then does it handle
+  records of *p*: state read any earlier could miss the zombie's last commit.
+- One poll batch of one partition is one transaction: outputs, new states (a ``None`` state is
+  written as a tombstone, so compaction forgets the key), dead letters and the consumed
+  offsets. Deadlines are checked between polls, and what falls due in a partition is a
+  transaction of its own. Killed anywhere, nothing of an uncommitted step is visible to a
+  read_committed reader, and whoever owns *p* next takes the step again from the committed
+  state: a subclass that derives its ids from the state and the input repeats it exactly.
+- A record that does not fit its contract, or whose handling raises, goes to the dead-letter
+  topic inside that same transaction, and the partition moves on past it: one message must
+  never stop the pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Generic, Protocol, TypeVar
+
+from prometheus_client import REGISTRY, CollectorRegistry, Histogram
+from pydantic import BaseModel, ValidationError
+
+from consumers.dead_letters import DeadLetters, Reason, SourceRecord, describe_failure
+from schemas.common import utcnow
+from schemas.validation import validation_reason
+
+S = TypeVar("S", bound=BaseModel)
+
+#: one message to send in a transaction: topic, key, value
+Output = tuple[str, bytes, BaseModel]
+
+
+class HasPartition(Protocol):
+    @property
+    def partition(self) -> int: ...
+
+
+TP = TypeVar("TP", bound=HasPartition)
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class WorkerOptions:
+    """Names and limits of one state worker."""
+
+    #: "escalator", "grouper": the dead letters' stage, the logger (``escalate.{stage}``)
+    stage: str
+    #: the consumer group; also the prefix of every transactional id (``{group_id}-{p}``), so
+    #: it must never change for a deployed worker: a new id would not fence the old owner
+    group_id: str
+    #: topics consumed, all with the state topic's key and partition count
+    inputs: tuple[str, ...]
+    state_topic: str
+    dead_letter_topic: str
+    poll_timeout_ms: int = 250
+    max_poll_records: int = 200
+    #: a stable name for this worker (e.g. the pod's name): with it the worker is a static
+    #: group member, and one restarted after a crash takes its partitions straight back
+    #: instead of waiting for the group to notice the old one is gone
+    instance_id: str | None = None
+    restore_timeout_s: float = 60.0
+
+
+class Unusable(Exception):
+    """Raised by ``apply`` for a record that fits its schema but cannot be used; the message
+    becomes the dead letter's detail (reason ``unparseable``), so it must not quote the value."""
+
+
+class Work(Generic[S]):
+    """The states one transaction changes, seen over its partition's committed states.
+
+    ``work.get(key)`` is the state as this transaction has it so far; ``work[key] = state``
+    changes it, ``work[key] = None`` deletes it (a tombstone). What a record changed is kept
+    only if handling the record finishes: a hook that raises halfway leaves nothing behind.
+    """
+
+    def __init__(self, committed: Mapping[str, S]) -> None:
+        self._committed = committed
+        self.changed: dict[str, S | None] = {}
+        self._record: dict[str, S | None] = {}
+
+    def get(self, key: str) -> S | None:
+        if key in self._record:
+            return self._record[key]
+        if key in self.changed:
+            return self.changed[key]
+        return self._committed.get(key)
+
+    def __setitem__(self, key: str, state: S | None) -> None:
+        self._record[key] = state
+
+    def keep(self) -> None:
+        """The current record is done: its changes join the transaction."""
+        self.changed.update(self._record)
+        self._record.clear()
+
+    def discard(self) -> None:
+        """The current record failed: forget what it changed."""
+        self._record.clear()
+
+
+def by_partition(batch: Mapping[TP, Sequence[R]]) -> dict[int, list[tuple[TP, Sequence[R]]]]:
+    """A poll batch regrouped by partition number: the records of every input topic that
+    share a partition number share a state partition, and so one transaction."""
+    grouped: dict[int, list[tuple[TP, Sequence[R]]]] = {}
+    for tp, records in batch.items():
+        if records:
+            grouped.setdefault(tp.partition, []).append((tp, records))
+    return grouped
+
+
+def fold_state(
+    states: dict[str, S],
+    key: bytes | None,
+    value: bytes | None,
+    model: type[S],
+    key_of: Callable[[S], str],
+) -> bool:
+    """Apply one record of the state topic to ``states``; False when it could not be read.
+
+    A tombstone (no value) deletes its key, as compaction eventually will.
+    """
+    if value is None:
+        if key is not None:
+            states.pop(key.decode("utf-8", "replace"), None)
+        return True
+    try:
+        state = model.model_validate_json(value)
+    except ValidationError:
+        return False
+    states[key_of(state)] = state
+    return True
+
+
+class StateWorker(Generic[S]):
+    """Owns partitions, reads their state back, and commits what the subclass's hooks decide.
+
+    Subclasses set ``state_model`` and implement ``state_key``, ``apply``, and, if their states
+    have deadlines, ``due`` and ``on_due``. Hooks run on the polling thread, one at a time.
+    """
+
+    #: the state topic's value model, for reading the state back
+    state_model: type[S]
+
+    def __init__(
+        self,
+        options: WorkerOptions,
+        *,
+        restore_seconds: Histogram,
+        registry: CollectorRegistry = REGISTRY,
+        clock: Callable[[], datetime] = utcnow,
+    ) -> None:
+        self.options = options
+        self.clock = clock
+        self.registry = registry
+        # The subclass's own metric, so each worker keeps its dashboard name.
+        self.restore_seconds = restore_seconds
+        self.dead_letters = DeadLetters(options.stage, registry)
+        self.log = logging.getLogger(f"escalate.{options.stage}")
+        # Per owned partition: its transactional producer and its committed states.
+        self.producers: dict[int, Any] = {}
+        self.states: dict[int, dict[str, S]] = {}
+        # Keys whose on_due raised: left out of ticks until a record rewrites them, so one
+        # broken state does not fail (and log) on every poll.
+        self._stuck: dict[int, set[str]] = {}
+        self._bootstrap = ""
+        self._consumer: Any = None
+        self._pending: set[int] = set()  # assigned, not yet taken over
+
+    # ---- hooks ----
+
+    def state_key(self, state: S) -> str:
+        """The state topic key of ``state``."""
+        raise NotImplementedError
+
+    def apply(self, p: int, record: SourceRecord, work: Work[S], now: datetime) -> list[Output]:
+        """Handle one input record of partition ``p``: change ``work``, return what to send.
+
+        Raise ``ValidationError`` or ``Unusable`` for a record that does not fit; any other
+        exception dead-letters the record as ``failed``. Either way the record's changes to
+        ``work`` are dropped and the partition goes on.
+        """
+        raise NotImplementedError
+
+    def due(self, states: Mapping[str, S], now: datetime) -> Iterable[S]:
+        """The states of one partition whose deadline has come (none by default)."""
+        return ()
+
+    def on_due(self, state: S, now: datetime) -> tuple[S | None, list[Output]]:
+        """A deadline of ``state`` has come: its new state (``None`` deletes it) and outputs.
+
+        Should not raise: a state whose step fails is left alone (and logged) until a record
+        changes it, which is rarely what a deadline wants.
+        """
+        return state, []
+
+    def held_changed(self) -> None:
+        """Called after partitions were taken or dropped and after each round of deadlines."""
+
+    def incident_of(self, record: SourceRecord) -> str | None:
+        """The incident a dead-lettered record is about, when known (for the audit trail)."""
+        return None
+
+    # ---- ownership of partitions ----
+
+    def _take(self, partitions: set[int]) -> None:
+        from kafka import KafkaProducer
+
+        for p in sorted(partitions - set(self.producers)):
+            started = time.monotonic()
+            producer = KafkaProducer(
+                bootstrap_servers=self._bootstrap,
+                client_id=f"{self.options.group_id}-{p}",
+                transactional_id=f"{self.options.group_id}-{p}",
+                acks="all",
+                enable_idempotence=True,
+            )
+            producer.init_transactions()  # fences the previous owner of p, aborts its leftovers
+            self.producers[p] = producer
+            self.states[p] = self._restore(p)
+            self._stuck[p] = set()
+            took = time.monotonic() - started
+            self.restore_seconds.observe(took)
+            self.log.info(
+                "%s took partition %d: %d state(s) restored in %.1f s",
+                self.options.stage,
+                p,
+                len(self.states[p]),
+                took,
+            )
+        self.held_changed()
+
+    def _drop(self, partitions: set[int]) -> None:
+        for p in partitions:
+            producer = self.producers.pop(p, None)
+            self.states.pop(p, None)
+            self._stuck.pop(p, None)
+            if producer is not None:
+                producer.close(timeout=1)
+        self.held_changed()
+
+    def _restore(self, p: int) -> dict[str, S]:
+        """Partition p's state as last committed (read_committed, to the end)."""
+        from kafka import KafkaConsumer, TopicPartition
+
+        tp = TopicPartition(self.options.state_topic, p)
+        reader = KafkaConsumer(
+            bootstrap_servers=self._bootstrap,
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+            client_id=f"{self.options.group_id}-restore-{p}",
+        )
+        states: dict[str, S] = {}
+        try:
+            reader.assign([tp])
+            reader.seek_to_beginning(tp)
+            end = reader.end_offsets([tp])[tp]
+            deadline = time.monotonic() + self.options.restore_timeout_s
+            while reader.position(tp) < end:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"state of partition {p} not read back in time")
+                for record in reader.poll(timeout_ms=500).get(tp, []):
+                    if not fold_state(
+                        states, record.key, record.value, self.state_model, self.state_key
+                    ):
+                        self.log.error(
+                            "unreadable state record %s[%d]@%d", tp.topic, p, record.offset
+                        )
+        finally:
+            reader.close()
+        return states
+
+    # ---- transactions ----
+
+    def _commit(
+        self,
+        p: int,
+        changed: Mapping[str, S | None],
+        out: Sequence[Output],
+        offsets: dict[Any, Any] | None,
+    ) -> None:
+        """One transaction on partition p's producer: outputs, states, consumed offsets."""
+        producer = self.producers[p]
+        producer.begin_transaction()
+        try:
+            for topic, key, model in out:
+                producer.send(topic, key=key, value=model.model_dump_json().encode("utf-8"))
+            for state_key, state in changed.items():
+                producer.send(
+                    self.options.state_topic,
+                    key=state_key.encode("utf-8"),
+                    value=None if state is None else state.model_dump_json().encode("utf-8"),
+                    partition=p,
+                )
+            if offsets:
+                producer.send_offsets_to_transaction(offsets, self._consumer.group_metadata())
+            producer.commit_transaction()
+        except BaseException:
+            try:
+                producer.abort_transaction()
+            except Exception:  # already fenced or broken: the next owner aborts for us
+                self.log.warning("abort of partition %d's transaction failed", p)
+            raise
+        # Only what the broker committed becomes the state later transactions build on.
+        held = self.states[p]
+        for state_key, state in changed.items():
+            if state is None:
+                held.pop(state_key, None)
+            else:
+                held[state_key] = state
+        self._stuck.get(p, set()).difference_update(changed)
+
+    def _handle(
+        self, p: int, records: Iterable[SourceRecord], work: Work[S], now: datetime
+    ) -> list[Output]:
+        """Every record through ``apply``; a record that fails becomes a dead letter instead."""
+        out: list[Output] = []
+        for record in records:
+            try:
+                if record.value is None:
+                    raise Unusable("empty message (tombstone)")
+                produced = self.apply(p, record, work, now)
+            except ValidationError as exc:
+                work.discard()
+                out.append(self._dead_letter(record, Reason.unparseable, validation_reason(exc)))
+            except Unusable as exc:
+                work.discard()
+                out.append(self._dead_letter(record, Reason.unparseable, str(exc)))
+            except Exception as exc:  # one message must never stop the pipeline
+                work.discard()
+                detail = f"{self.options.stage} raised {describe_failure(exc)}"
+                out.append(self._dead_letter(record, Reason.failed, detail))
+            else:
+                work.keep()
+                out += produced
+        return out
+
+    def _process(self, batch: Mapping[Any, Sequence[Any]]) -> None:
+        from kafka import OffsetAndMetadata
+
+        for p, parts in by_partition(batch).items():
+            if p not in self.producers:
+                continue  # revoked meanwhile; the new owner reads these again
+            now = self.clock()
+            work: Work[S] = Work(self.states[p])
+            out: list[Output] = []
+            offsets = {}
+            for tp, records in parts:
+                out += self._handle(p, records, work, now)
+                offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
+            self._commit(p, work.changed, out, offsets)
+
+    def _dead_letter(self, record: SourceRecord, reason: Reason, detail: str) -> Output:
+        letter = self.dead_letters.of(record, reason, detail, self.incident_of(record))
+        return (self.options.dead_letter_topic, record.key or b"", letter)
+
+    def _due_work(self, p: int, now: datetime) -> tuple[Work[S], list[Output]]:
+        """What the deadlines that came in partition p change and send."""
+        states = self.states[p]
+        stuck = self._stuck.setdefault(p, set())
+        work: Work[S] = Work(states)
+        out: list[Output] = []
+        for state in self.due(states, now):
+            key = self.state_key(state)
+            if key in stuck:
+                continue
+            try:
+                new, produced = self.on_due(state, now)
+            except Exception as exc:
+                work.discard()
+                stuck.add(key)
+                self.log.error(
+                    "%s: the step due for %s failed: %s",
+                    self.options.stage,
+                    key,
+                    describe_failure(exc),
+                )
+                continue
+            work[key] = new
+            work.keep()
+            out += produced
+        return work, out
+
+    def _tick(self) -> None:
+        """Take every step that has come due, one transaction per partition."""
+        now = self.clock()
+        for p in list(self.states):
+            if p not in self.producers:
+                continue
+            work, out = self._due_work(p, now)
+            if work.changed or out:
+                self._commit(p, work.changed, out, None)
+        self.held_changed()
+
+    # ---- the loop ----
+
+    def run(self, bootstrap_servers: str, stop: threading.Event) -> None:
+        from kafka import KafkaConsumer
+        from kafka.consumer.subscription_state import ConsumerRebalanceListener
+        from kafka.coordinator.assignors.range import RangePartitionAssignor
+        from kafka.errors import KafkaError
+
+        self._bootstrap = bootstrap_servers
+        worker = self
+        options = self.options
+
+        class Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+            def on_partitions_revoked(self, revoked: Any) -> None:
+                lost = {tp.partition for tp in revoked}
+                worker._pending -= lost
+                worker._drop(lost)
+
+            def on_partitions_assigned(self, assigned: Any) -> None:
+                # Taken over in the loop, not here: fencing and reading the state back can take
+                # seconds, and a listener blocks the client's event loop, heartbeats included.
+                worker._pending |= {tp.partition for tp in assigned}
+
+        consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap_servers,
+            group_id=options.group_id,
+            client_id=options.group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            max_poll_records=options.max_poll_records,
+            # The same partition numbers of every input to one worker: they share a state.
+            partition_assignment_strategy=[RangePartitionAssignor],
+            session_timeout_ms=10_000,
+            heartbeat_interval_ms=2_000,
+            group_instance_id=(
+                f"{options.group_id}-{options.instance_id}" if options.instance_id else None
+            ),
+        )
+        self._consumer = consumer
+        try:
+            consumer.subscribe(list(options.inputs), listener=Listener())
+            self.log.info("%s consuming as group %s", options.stage, options.group_id)
+            while not stop.is_set():
+                try:
+                    batch = consumer.poll(timeout_ms=options.poll_timeout_ms)
+                    if self._pending:
+                        taking, self._pending = self._pending, set()
+                        self._take(taking)
+                    if batch:
+                        self._process(batch)
+                    self._tick()
+                except KafkaError as exc:
+                    # Fenced, rebalanced or the broker is away: forget what we held, read it
+                    # back from the committed state when the group gives it to us again.
+                    self.log.error(
+                        "%s: %s; re-reading committed state", options.stage, type(exc).__name__
+                    )
+                    held = set(self.producers)
+                    self._drop(held)
+                    stop.wait(1.0)
+                    self._resume(consumer, held)
+        finally:
+            self._drop(set(self.producers))
+            consumer.close(autocommit=False)
+
+    def _resume(self, consumer: Any, partitions: set[int]) -> None:
+        """After a failed transaction: rewind to the committed offsets, take partitions back."""
+        assigned = consumer.assignment()
+        for tp in assigned:
+            committed = consumer.committed(tp)
+            if committed is not None:
+                consumer.seek(tp, committed)
+            else:
+                consumer.seek_to_beginning(tp)
+        self._take(
+            {tp.partition for tp in assigned} & partitions or {tp.partition for tp in assigned}
+        )

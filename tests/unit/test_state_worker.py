@@ -1,0 +1,321 @@
+"""The broker-free parts of the state worker: grouping a poll batch by partition, folding the
+state topic back into states (tombstones included), the per-record isolation of ``apply``, the
+deadline round, and what a committed transaction leaves in the worker's own view.
+
+Fencing, restore on takeover and the transaction itself are proven on the real broker
+(tests/integration/test_escalation.py, test_review.py)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry, Histogram
+from pydantic import BaseModel, ConfigDict
+
+from consumers.dead_letters import SourceRecord
+from escalate.settings import DEFAULT_CONFIG_DIR
+from schemas.audit import DeadLetter
+from schemas.common import Severity
+from schemas.incidents import Decision
+from schemas.notifications import NotificationKind, NotificationRequest
+from schemas.topics import INCIDENTS_ACTIONS, INCIDENTS_CLASSIFIED, INCIDENTS_UPDATES
+from stream_processors.config_holder import ConfigHolder
+from stream_processors.escalation.worker import Escalator, EscalatorConfig
+from stream_processors.state_worker import (
+    Output,
+    StateWorker,
+    Unusable,
+    Work,
+    WorkerOptions,
+    by_partition,
+    fold_state,
+)
+from tests.fakes import T0, FakeRecord, make_incident, make_update
+
+# ---- a small worker: counts per key, forgets a key at zero --------------------------------
+
+
+class Tally(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    key: str
+    count: int
+    due: datetime | None = None
+
+
+class Step(BaseModel):
+    key: str
+    count: int
+
+
+class Add(BaseModel):
+    key: str
+    add: int
+    due: datetime | None = None
+    boom: bool = False
+    unusable: bool = False
+
+
+class Counting(StateWorker[Tally]):
+    """Input value: {"key": ..., "add": n}; "boom" raises after touching the state."""
+
+    state_model = Tally
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        super().__init__(
+            WorkerOptions(
+                stage="counter",
+                group_id="test-counter",
+                inputs=("in.a", "in.b"),
+                state_topic="counter.state",
+                dead_letter_topic="deadletter",
+            ),
+            restore_seconds=Histogram("test_restore_seconds", "t", registry=registry),
+            registry=registry,
+            clock=lambda: T0,
+        )
+        self.failing_due: set[str] = set()
+
+    def state_key(self, state: Tally) -> str:
+        return state.key
+
+    def apply(self, p: int, record: SourceRecord, work: Work[Tally], now: datetime) -> list[Output]:
+        assert record.value is not None
+        data = Add.model_validate_json(record.value)
+        current = work.get(data.key)
+        count = (current.count if current else 0) + data.add
+        work[data.key] = Tally(key=data.key, count=count, due=data.due) if count else None
+        if data.boom:
+            raise ZeroDivisionError("planted")
+        if data.unusable:
+            raise Unusable("no such school")
+        return [("out", data.key.encode(), Step(key=data.key, count=count))]
+
+    def due(self, states: Mapping[str, Tally], now: datetime) -> Iterable[Tally]:
+        return [s for s in states.values() if s.due is not None and s.due <= now]
+
+    def on_due(self, state: Tally, now: datetime) -> tuple[Tally | None, list[Output]]:
+        if state.key in self.failing_due:
+            raise RuntimeError("planted")
+        if state.count == 1:
+            return None, [("out", state.key.encode(), Step(key=state.key, count=0))]
+        return state.model_copy(update={"count": state.count - 1, "due": None}), []
+
+
+def record(value: dict[str, Any] | None, *, offset: int = 0, topic: str = "in.a") -> FakeRecord:
+    key = (value or {}).get("key", "k")
+    raw = None if value is None else json.dumps(value).encode()
+    return FakeRecord(topic=topic, partition=0, offset=offset, key=key.encode(), value=raw)
+
+
+@pytest.fixture
+def worker() -> Counting:
+    w = Counting(CollectorRegistry())
+    w.states[0] = {}
+    return w
+
+
+@dataclass
+class FakeProducer:
+    """Records what a transaction sent; fails the commit when told to."""
+
+    fail_commit: bool = False
+    sent: list[tuple[str, bytes, bytes | None, int | None]] = field(default_factory=list)
+    log: list[str] = field(default_factory=list)
+
+    def begin_transaction(self) -> None:
+        self.log.append("begin")
+
+    def send(
+        self, topic: str, *, key: bytes, value: bytes | None, partition: int | None = None
+    ) -> None:
+        self.sent.append((topic, key, value, partition))
+
+    def commit_transaction(self) -> None:
+        if self.fail_commit:
+            raise RuntimeError("broker went away")
+        self.log.append("commit")
+
+    def abort_transaction(self) -> None:
+        self.log.append("abort")
+
+
+# ---- pure helpers ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TP:
+    topic: str
+    partition: int
+
+
+def test_a_batch_is_regrouped_by_partition_number_across_input_topics() -> None:
+    batch = {
+        TP("in.a", 0): ["a0"],
+        TP("in.b", 1): ["b1"],
+        TP("in.b", 0): ["b0", "b0'"],
+        TP("in.a", 2): [],
+    }
+    grouped = by_partition(batch)
+    assert set(grouped) == {0, 1}  # an empty list is no work (and has no last offset)
+    assert grouped[0] == [(TP("in.a", 0), ["a0"]), (TP("in.b", 0), ["b0", "b0'"])]
+    assert grouped[1] == [(TP("in.b", 1), ["b1"])]
+
+
+def test_folding_the_state_topic_keeps_the_latest_value_and_honours_tombstones() -> None:
+    states: dict[str, Tally] = {}
+
+    def fold(key: bytes | None, value: bytes | None) -> bool:
+        return fold_state(states, key, value, Tally, lambda s: s.key)
+
+    assert fold(b"a", Tally(key="a", count=1).model_dump_json().encode())
+    assert fold(b"b", Tally(key="b", count=1).model_dump_json().encode())
+    assert fold(b"a", Tally(key="a", count=5).model_dump_json().encode())
+    assert fold(b"b", None)  # a tombstone: b was forgotten
+    assert fold(b"zzz", None)  # a tombstone for a key never seen is harmless
+    assert not fold(b"c", b'{"not": "a tally"}')  # unreadable: reported, skipped
+    assert states == {"a": Tally(key="a", count=5)}
+
+
+def test_work_sees_its_own_changes_over_the_committed_state() -> None:
+    committed = {"a": Tally(key="a", count=1)}
+    work = Work(committed)
+    assert work.get("a") == Tally(key="a", count=1)
+    work["a"] = None
+    assert work.get("a") is None  # deleted in this transaction, though still committed
+    work.keep()
+    work["b"] = Tally(key="b", count=2)
+    work.discard()
+    assert work.get("b") is None and work.changed == {"a": None}
+    assert committed == {"a": Tally(key="a", count=1)}  # untouched until the commit
+
+
+# ---- records through apply -------------------------------------------------------------------
+
+
+def test_one_bad_record_is_dead_lettered_and_the_others_still_count(worker: Counting) -> None:
+    records = [
+        record({"key": "a", "add": 2}, offset=0),
+        record({"key": "a", "add": 100, "boom": True}, offset=1),  # raises after touching "a"
+        record({"key": "a", "add": 3}, offset=2),
+        record(None, offset=3),  # a tombstone on an input topic
+        FakeRecord("in.b", 0, 4, b"b", b"{not json"),
+        record({"key": "c", "add": 1, "unusable": True}, offset=5),
+    ]
+    work: Work[Tally] = Work(worker.states[0])
+    out = worker._handle(0, records, work, T0)
+
+    # The failed record's change to "a" was dropped: 2 + 3, not 105.
+    assert work.changed == {"a": Tally(key="a", count=5)}
+    assert [(t, m) for t, _, m in out if t == "out"] == [
+        ("out", Step(key="a", count=2)),
+        ("out", Step(key="a", count=5)),
+    ]
+    letters = [m for t, _, m in out if t == "deadletter"]
+    assert all(isinstance(m, DeadLetter) for m in letters)
+    reasons = [(m.offset, m.reason) for m in letters if isinstance(m, DeadLetter)]
+    assert reasons[0][0] == 1 and reasons[0][1].startswith("failed: counter raised ZeroDivision")
+    assert reasons[1] == (3, "unparseable: empty message (tombstone)")
+    assert reasons[2][0] == 4 and reasons[2][1].startswith("unparseable: invalid")
+    assert reasons[3] == (5, "unparseable: no such school")
+    # Neither the exception's message nor the payload leak into the reason.
+    assert not any("planted" in r for _, r in reasons)
+
+
+def test_a_none_state_is_written_as_a_tombstone_and_forgotten(worker: Counting) -> None:
+    worker.states[0] = {"a": Tally(key="a", count=2), "b": Tally(key="b", count=1)}
+    producer = FakeProducer()
+    worker.producers[0] = producer
+    work: Work[Tally] = Work(worker.states[0])
+    out = worker._handle(0, [record({"key": "a", "add": -2})], work, T0)
+    worker._commit(0, work.changed, out, None)
+
+    assert ("counter.state", b"a", None, 0) in producer.sent
+    assert producer.log == ["begin", "commit"]
+    assert worker.states[0] == {"b": Tally(key="b", count=1)}
+
+
+def test_a_failed_commit_aborts_and_leaves_the_held_state_as_it_was(worker: Counting) -> None:
+    worker.states[0] = {"a": Tally(key="a", count=2)}
+    producer = FakeProducer(fail_commit=True)
+    worker.producers[0] = producer
+    work: Work[Tally] = Work(worker.states[0])
+    out = worker._handle(0, [record({"key": "a", "add": 1})], work, T0)
+    with pytest.raises(RuntimeError):
+        worker._commit(0, work.changed, out, None)
+    assert producer.log == ["begin", "abort"]
+    assert worker.states[0] == {"a": Tally(key="a", count=2)}
+
+
+# ---- deadlines -------------------------------------------------------------------------------
+
+
+def test_deadlines_change_delete_or_leave_a_state_that_keeps_failing(worker: Counting) -> None:
+    later = T0 + timedelta(hours=1)
+    worker.states[0] = {
+        "one": Tally(key="one", count=1, due=T0),
+        "two": Tally(key="two", count=2, due=T0),
+        "bad": Tally(key="bad", count=1, due=T0),
+        "later": Tally(key="later", count=1, due=later),
+    }
+    worker.failing_due = {"bad"}
+    work, out = worker._due_work(0, T0)
+    assert work.changed == {"one": None, "two": Tally(key="two", count=1)}
+    assert out == [("out", b"one", Step(key="one", count=0))]
+
+    # "bad" is not tried again on every poll, until a record rewrites it.
+    worker.failing_due = set()
+    assert worker._due_work(0, T0)[0].changed.keys() == {"one", "two"}
+    worker.producers[0] = FakeProducer()
+    rewrite: Work[Tally] = Work(worker.states[0])
+    rewrite["bad"] = Tally(key="bad", count=3, due=T0)
+    rewrite.keep()
+    worker._commit(0, rewrite.changed, [], None)
+    assert "bad" in worker._due_work(0, T0)[0].changed
+
+
+# ---- the escalator's hooks, without a broker ------------------------------------------------
+
+
+def test_the_escalator_routes_each_input_topic_to_its_core_function() -> None:
+    holder = ConfigHolder(DEFAULT_CONFIG_DIR / "policy.yaml", DEFAULT_CONFIG_DIR / "directory.yaml")
+    escalator = Escalator(EscalatorConfig(), holder, registry=CollectorRegistry(), clock=lambda: T0)
+    assert escalator.options.group_id == "escalate-escalator"
+    assert escalator.options.inputs == (
+        INCIDENTS_CLASSIFIED.name(),
+        INCIDENTS_ACTIONS.name(),
+        INCIDENTS_UPDATES.name(),
+    )
+    escalator.states[0] = {}
+    decision = Decision(severity=Severity.high, category="cyberbullying", rules_version="v1")
+    incident = make_incident(decision)
+    update = make_update(decision, 1, at=T0 + timedelta(minutes=5))
+    records = [
+        FakeRecord(INCIDENTS_UPDATES.name(), 0, 0, b"inc-1", update.model_dump_json().encode()),
+        FakeRecord(
+            INCIDENTS_CLASSIFIED.name(), 0, 0, b"inc-1", incident.model_dump_json().encode()
+        ),
+        FakeRecord(INCIDENTS_ACTIONS.name(), 0, 0, b"inc-2", b'{"kind": "acknowledge"}'),
+    ]
+    work: Work[Any] = Work(escalator.states[0])
+    out = escalator._handle(0, records, work, T0 + timedelta(minutes=10))
+
+    state = work.changed["inc-1"]
+    assert state is not None and state.incident is not None
+    # The update that came first was kept and joined the incident when it arrived.
+    assert state.report_count == 2 and not state.early_updates
+    [letter] = [m for t, _, m in out if t == escalator.options.dead_letter_topic]
+    assert isinstance(letter, DeadLetter) and letter.incident_id == "inc-2"
+    assert letter.reason.startswith("unparseable: ")
+
+    escalator.producers[0] = FakeProducer()
+    escalator._commit(0, work.changed, out, None)
+    step_work, step_out = escalator._due_work(0, T0 + timedelta(hours=1))
+    assert step_work.changed["inc-1"] is not None
+    kinds = {m.kind for _, _, m in step_out if isinstance(m, NotificationRequest)}
+    assert NotificationKind.escalation in kinds
