@@ -6,6 +6,7 @@ Every component runs as its own process (``escalate run NAME``), as it would in 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import signal
@@ -141,7 +142,12 @@ def run_processors(settings: Settings) -> int:
     bootstrap = require_bootstrap(settings)
     _serve_metrics(settings, "processors")
     holder = ConfigHolder(settings.policy_file, settings.directory_file, model=load_model(settings))
-    config = ProcessorConfig(app_id=settings.app_id, topic_prefix=settings.topic_prefix)
+    config = ProcessorConfig(
+        app_id=settings.app_id,
+        topic_prefix=settings.topic_prefix,
+        commit_every=settings.processors_commit_every,
+        commit_interval_s=settings.processors_commit_interval_s,
+    )
     app = create_app(config, bootstrap, holder, REGISTRY)
     worker = faust.Worker(app, loglevel="WARNING", quiet=True)
     worker.spinner = None  # its terminal escape codes only garble the shared `escalate up` console
@@ -232,7 +238,27 @@ def run_notifier(settings: Settings) -> int:
     bootstrap = require_bootstrap(settings)
     _serve_metrics(settings, "notifier")
     stop = _stop_event()
-    Notifier(notifier_config(settings), print_deliveries=True).run(bootstrap, stop)
+    config = notifier_config(settings)
+    # Two lanes, two consumer loops: urgent requests (critical, or danger ticked) are mailed by
+    # a loop of their own and never wait behind a burst of lesser mail.
+    urgent = Notifier(dataclasses.replace(config, lane="urgent"), print_deliveries=True)
+
+    def urgent_lane() -> None:
+        try:
+            urgent.run(bootstrap, stop)
+        except BaseException:
+            log.exception("the urgent notifier lane stopped")
+            raise
+        finally:
+            stop.set()  # never one lane without the other: stop, and be restarted whole
+
+    lane = threading.Thread(target=urgent_lane, name="notifier-urgent")
+    lane.start()
+    try:
+        Notifier(config, print_deliveries=True).run(bootstrap, stop)
+    finally:
+        stop.set()
+        lane.join(timeout=30)
     return 0
 
 

@@ -111,6 +111,16 @@ class Settings(BaseSettings):
         default=None,
         description="Stable name of this worker (e.g. the pod name): static group membership.",
     )
+    processors_commit_every: int = Field(
+        default=50,
+        ge=1,
+        description="Records per exactly-once transaction of the processors (or the interval).",
+    )
+    processors_commit_interval_s: float = Field(
+        default=0.1,
+        gt=0,
+        description="Longest time a processed record waits for its transaction to commit.",
+    )
 
     @field_validator("model_file", "model_sha256", mode="before")
     @classmethod

@@ -8,6 +8,7 @@ from pydantic import BaseModel
 
 from schemas.actions import IncidentAction
 from schemas.audit import AuditEvent, DeadLetter
+from schemas.common import Severity
 from schemas.escalation import EscalationState
 from schemas.grouping import SchoolGroups
 from schemas.incidents import IncidentClassified, IncidentUpdate
@@ -41,6 +42,12 @@ INCIDENTS_CLASSIFIED = TopicSpec(
 NOTIFICATIONS_REQUESTED = TopicSpec(
     "notifications.requested.v1", key="incident_id", model=NotificationRequest
 )
+# The urgent lane: requests about critical incidents, or where a child is said to be in danger
+# now, travel on a topic of their own with a consumer of their own, so they never queue behind
+# a burst of lesser mail (``requests_topic_for`` chooses).
+NOTIFICATIONS_URGENT = TopicSpec(
+    "notifications.urgent.v1", key="incident_id", model=NotificationRequest
+)
 NOTIFICATIONS_RESULTS = TopicSpec(
     "notifications.results.v1", key="incident_id", model=DeliveryResult
 )
@@ -60,9 +67,19 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     INCIDENTS_CLASSIFIED,
     INCIDENTS_UPDATES,
     NOTIFICATIONS_REQUESTED,
+    NOTIFICATIONS_URGENT,
     NOTIFICATIONS_RESULTS,
     AUDIT_EVENTS,
     INCIDENTS_ACTIONS,
     ESCALATION_STATE,
     DEAD_LETTER,
 )
+
+
+def is_urgent(request: NotificationRequest) -> bool:
+    return request.severity is Severity.critical or request.immediate_danger
+
+
+def requests_topic_for(request: NotificationRequest) -> TopicSpec:
+    """The lane of a notification request: urgent (critical, or danger ticked) or normal."""
+    return NOTIFICATIONS_URGENT if is_urgent(request) else NOTIFICATIONS_REQUESTED

@@ -28,10 +28,10 @@ from schemas.topics import (
     AUDIT_EVENTS,
     DEAD_LETTER,
     INCIDENTS_CLASSIFIED,
-    NOTIFICATIONS_REQUESTED,
     REPORTS_CLASSIFIED,
     REPORTS_SUBMITTED,
     TopicSpec,
+    requests_topic_for,
 )
 from schemas.validation import validation_reason
 from stream_processors.classify_stage import open_incident
@@ -49,6 +49,12 @@ class ProcessorConfig:
 
     app_id: str
     topic_prefix: str = ""
+    #: one exactly-once transaction per this many records, or per interval, whichever first:
+    #: every commit costs a round of transaction markers, so one per record caps a burst at a
+    #: few dozen reports a second; downstream read_committed consumers see a record only once
+    #: its transaction commits, so the interval bounds the latency this adds
+    commit_every: int = 50
+    commit_interval_s: float = 0.1
 
 
 class ProcessorMetrics:
@@ -153,8 +159,8 @@ def create_app(
         topic_disable_leader=True,
         producer_acks=-1,
         consumer_auto_offset_reset="earliest",
-        broker_commit_every=1,
-        broker_commit_interval=0.5,
+        broker_commit_every=config.commit_every,
+        broker_commit_interval=config.commit_interval_s,
         # A crashed worker's partitions move to a live one after this, not after a minute.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
@@ -235,7 +241,7 @@ def create_app(
             metrics.unknown_school.inc()
         out: Output = []
         for request in plan.notifications:
-            out.append((NOTIFICATIONS_REQUESTED, key, request))
+            out.append((requests_topic_for(request), key, request))
             metrics.routed.labels(request.recipient.tier.value).inc()
         out.append((AUDIT_EVENTS, key, plan.audit))
         return out

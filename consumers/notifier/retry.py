@@ -3,12 +3,13 @@
 ``deliver_with_retries`` tries an attempt function until it succeeds, fails for good, or the
 attempts run out, waiting with exponential backoff in between. It knows nothing of SMTP, Kafka or
 metrics; the caller passes an attempt function, a wait function (which a stop event can cut
-short) and an observer.
+short) and an observer. ``deliver_with_retries_async`` is the same for coroutine attempts, so
+many deliveries can wait out their backoff side by side on one event loop.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from consumers.notifier.sender import SendError, classify
@@ -67,6 +68,34 @@ def deliver_with_retries(
             if not error.transient or n >= policy.attempts:
                 return Attempts(n, error)
             if wait(policy.delay(n)):
+                raise Stopped from error
+            continue
+        observe(n, None)
+        return Attempts(n, None)
+
+
+async def deliver_with_retries_async(
+    attempt: Callable[[], Awaitable[None]],
+    policy: RetryPolicy,
+    wait: Callable[[float], Awaitable[bool]],
+    observe: Callable[[int, SendError | None], None] = lambda n, e: None,
+) -> Attempts:
+    """``deliver_with_retries`` for an async ``attempt`` and an async ``wait``.
+
+    Same contract: ``await wait(seconds)`` answers True when a stop request cut it short, and
+    then ``Stopped`` is raised. A cancelled attempt is not a failure: the cancellation passes.
+    """
+    n = 0
+    while True:
+        n += 1
+        try:
+            await attempt()
+        except Exception as exc:
+            error = classify(exc)
+            observe(n, error)
+            if not error.transient or n >= policy.attempts:
+                return Attempts(n, error)
+            if await wait(policy.delay(n)):
                 raise Stopped from error
             continue
         observe(n, None)

@@ -1,4 +1,8 @@
-"""Hand one rendered message to the SMTP relay, and say whether a failure is worth retrying.
+"""Hand rendered messages to the SMTP relay, and say whether a failure is worth retrying.
+
+``send`` opens a connection for one message (tests and one-off tools use it); ``SmtpPool``
+keeps a few connections per relay open and reuses them: the notifier sends everything, the
+intake desk's fallback mail included, through one.
 
 The worker retries transient failures (the relay is down, slow, or answers 4xx) and gives up at
 once on permanent ones (5xx, a refused recipient), so a bad address is reported quickly instead
@@ -8,6 +12,7 @@ of being hammered until the attempts run out.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from email.message import EmailMessage
 from email.utils import format_datetime
@@ -110,3 +115,77 @@ async def send(msg: EmailMessage, smtp: SmtpConfig) -> None:
         )
     except Exception as exc:
         raise classify(exc) from exc
+
+
+class _Relay:
+    """The clients of one relay: idle ones (most recently used last) and a cap on how many."""
+
+    def __init__(self, size: int) -> None:
+        self.slots = asyncio.Semaphore(size)
+        self.idle: list[tuple[aiosmtplib.SMTP, float]] = []
+
+
+class SmtpPool:
+    """A few SMTP connections per relay, each reused for many messages.
+
+    Opening a connection (TCP, greeting, EHLO, maybe STARTTLS) costs more than sending a
+    message, so a busy notifier keeps up to ``size`` clients per relay open. A client serves
+    one message at a time; at most ``size`` messages per relay are in flight, the rest wait for
+    a client. A client that failed in any way is closed, never reused: the next message gets a
+    fresh connection. One that sat idle longer than ``idle_s`` is replaced too, because relays
+    drop quiet connections and the first send on such a one would fail for nothing.
+
+    Bound to the event loop that first uses it (asyncio primitives are), so one pool per loop.
+    """
+
+    def __init__(self, size: int = 8, *, idle_s: float = 30.0) -> None:
+        self.size = max(1, size)
+        self.idle_s = idle_s
+        self.connections_opened = 0
+        self._relays: dict[tuple[str, int, float], _Relay] = {}
+
+    async def send(self, msg: EmailMessage, smtp: SmtpConfig) -> None:
+        """Like ``send``, on a pooled connection; raise SendError on any failure."""
+        if not smtp.host:
+            raise SendError("no SMTP host configured (ESCALATE_SMTP_HOST)", transient=False)
+        if "Date" not in msg:
+            msg["Date"] = format_datetime(utcnow())
+        relay = self._relays.setdefault((smtp.host, smtp.port, smtp.timeout_s), _Relay(self.size))
+        async with relay.slots:
+            client = None
+            try:
+                client = await self._client(relay, smtp.host, smtp.port, smtp.timeout_s)
+                await client.send_message(msg)
+            except BaseException as exc:
+                # Whatever went wrong (a refusal mid-transaction, a reset, a cancellation), the
+                # session's state is unknown: drop it rather than reuse it.
+                if client is not None:
+                    client.close()
+                if isinstance(exc, Exception):
+                    raise classify(exc) from exc
+                raise
+            relay.idle.append((client, time.monotonic()))
+
+    async def _client(
+        self, relay: _Relay, host: str, port: int, timeout_s: float
+    ) -> aiosmtplib.SMTP:
+        now = time.monotonic()
+        while relay.idle:
+            client, since = relay.idle.pop()
+            if client.is_connected and now - since < self.idle_s:
+                return client
+            client.close()
+        client = aiosmtplib.SMTP(hostname=host, port=port, timeout=timeout_s)
+        self.connections_opened += 1
+        await client.connect()
+        return client
+
+    async def close(self) -> None:
+        """Say QUIT on every idle connection (politely, but without waiting long)."""
+        for relay in self._relays.values():
+            while relay.idle:
+                client, _ = relay.idle.pop()
+                try:
+                    await asyncio.wait_for(client.quit(), timeout=2)
+                except Exception:
+                    client.close()

@@ -12,30 +12,40 @@ that cannot be reached at all is not the request's fault: the notifier pauses an
 
 Threading model: ``Notifier.run(stop)`` is a blocking loop meant for its own thread; it returns
 soon after ``stop`` (a ``threading.Event``) is set, also cutting short any retry backoff. SMTP
-sends are async (aiosmtplib) and run on a private event loop owned by the notifier.
+sends are async (aiosmtplib) and run on a private event loop owned by the notifier, over a pool
+of reused connections (``SmtpPool``).
+
+Throughput: the requests of one poll batch (one partition) are delivered up to
+``NotifierConfig.concurrency`` at a time, each with its own retries and backoff. Offsets are
+still committed in order: ``handle`` yields the longest run of finished requests at the head of
+the batch, so a request that finished early waits, uncommitted, for those before it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
+import math
 import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from typing import Literal
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
 from pydantic import ValidationError
 
-from consumers.dead_letters import DeadLetters, Reason
+from consumers.dead_letters import DeadLetters, Reason, describe_failure
 from consumers.kafka_io import (
     ConsumerConfig,
     Handled,
     Outgoing,
     RecordLike,
     Unavailable,
+    poison_letter,
     run_consumer,
     to_json,
     validation_reason,
@@ -43,18 +53,29 @@ from consumers.kafka_io import (
 from consumers.metrics_registry import PerRegistry
 from consumers.notifier.delivery import delivery_outcome, fallback_audit
 from consumers.notifier.render import render_email, render_fallback_email
-from consumers.notifier.retry import RetryPolicy, Stopped, deliver_with_retries
-from consumers.notifier.sender import SendError, SmtpConfig, send
+from consumers.notifier.retry import RetryPolicy, Stopped, deliver_with_retries_async
+from consumers.notifier.sender import SendError, SmtpConfig, SmtpPool
 from schemas.common import Severity, Tier, utcnow
 from schemas.links import LinkClaims, LinkPurpose, LinkSigner, action_url
 from schemas.notifications import DeliveryStatus, NotificationKind, NotificationRequest
-from schemas.topics import AUDIT_EVENTS, DEAD_LETTER, NOTIFICATIONS_REQUESTED, NOTIFICATIONS_RESULTS
+from schemas.topics import (
+    AUDIT_EVENTS,
+    DEAD_LETTER,
+    NOTIFICATIONS_REQUESTED,
+    NOTIFICATIONS_RESULTS,
+    NOTIFICATIONS_URGENT,
+)
 
 log = logging.getLogger("escalate.notifier")
 
 STAGE = "notifier"
 
 SendFn = Callable[[EmailMessage, SmtpConfig], Awaitable[None]]
+
+#: how often a batch in progress hands its finished head to the loop for publishing and commit
+YIELD_EVERY_S = 1.0
+#: how often a backoff wait looks at the stop event (a threading.Event cannot wake a coroutine)
+STOP_POLL_S = 0.05
 
 
 @dataclass(frozen=True)
@@ -76,11 +97,19 @@ class NotifierConfig:
     #: who hears of a dead-lettered notification about a critical incident (the city office's
     #: intake desk in the directory)
     fallback_recipients: tuple[str, ...] = ()
-    max_poll_records: int = 10
+    #: a batch is delivered up to ``concurrency`` requests at a time, so it may be larger than
+    #: when requests went one by one; max_poll_interval_ms is derived from both
+    max_poll_records: int = 50
+    #: requests of one batch in flight at once, and SMTP connections kept open to the relay
+    concurrency: int = 8
     links: LinkConfig | None = None
     #: how many delivered notification ids to remember, so a request repeated by a replay or
     #: a duplicated escalation step is not mailed twice by this process
     remember_delivered: int = 50_000
+    #: which lane this notifier serves: "normal" (notifications.requested) or "urgent"
+    #: (notifications.urgent: critical, or danger ticked), each its own consumer group, so a
+    #: backlog of lesser mail never delays an urgent one
+    lane: Literal["normal", "urgent"] = "normal"
 
 
 class NotifierMetrics:
@@ -121,6 +150,14 @@ class NotifierMetrics:
         )
         for outcome in ("delivered", "failed", "no_recipient"):
             self.fallback.labels(outcome=outcome)
+        self.report_to_mail = Histogram(
+            "escalate_report_to_notification_seconds",
+            "From the report's acceptance to the relay's acceptance of a first notice about it,"
+            " by severity (reminders and escalations wait for deadlines and are left out).",
+            ["severity"],
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 900),
+            registry=registry,
+        )
         self.duplicates = Counter(
             "escalate_notifications_skipped_duplicates",
             "Requests not mailed because the same notification id was delivered already.",
@@ -157,14 +194,18 @@ def _lenient_facts(value: bytes | None) -> tuple[str | None, Severity | None]:
 
 
 class Notifier:
-    """Consumes NOTIFICATIONS_REQUESTED and delivers each request by e-mail.
+    """Consumes one lane (NOTIFICATIONS_REQUESTED or NOTIFICATIONS_URGENT) and delivers each
+    request by e-mail.
 
-    ``send_fn`` replaces the SMTP send in tests. ``console`` receives the one-line summaries when
-    ``print_deliveries`` is on.
+    ``send_fn`` replaces the pooled SMTP send in tests. ``console`` receives the one-line
+    summaries when ``print_deliveries`` is on.
     """
 
     name = STAGE
-    one_by_one = True
+    # Requests finish out of order and a request that raises is set aside inside ``handle``;
+    # should ``handle`` itself fail, the loop must retry the rest one by one to find the culprit
+    # instead of blaming the first unfinished record.
+    one_by_one = False
 
     def __init__(
         self,
@@ -173,7 +214,7 @@ class Notifier:
         registry: CollectorRegistry = REGISTRY,
         print_deliveries: bool = False,
         console: Callable[[str], None] = _print_line,
-        send_fn: SendFn = send,
+        send_fn: SendFn | None = None,
     ) -> None:
         self.config = config
         self.registry = registry
@@ -183,16 +224,23 @@ class Notifier:
         self.metrics = metrics_for(registry)
         self.dead_letters = DeadLetters(STAGE, registry)
         prefix = config.topic_prefix
-        self.source_topic = NOTIFICATIONS_REQUESTED.name(prefix)
+        urgent = config.lane == "urgent"
+        self.source_topic = (NOTIFICATIONS_URGENT if urgent else NOTIFICATIONS_REQUESTED).name(
+            prefix
+        )
         self.results_topic = NOTIFICATIONS_RESULTS.name(prefix)
         self.audit_topic = AUDIT_EVENTS.name(prefix)
         self.dead_letter_topic = DEAD_LETTER.name(prefix)
-        self.group_id = f"{config.app_id}-notifier"
+        # The normal lane keeps the group id it always had: its committed offsets still count.
+        self.group_id = f"{config.app_id}-notifier" + ("-urgent" if urgent else "")
         self._runner: asyncio.Runner | None = None
+        # Both belong to the runner's event loop and are made with it (see _loop).
+        self._pool = SmtpPool(config.concurrency)
+        self._desk_lock = asyncio.Lock()
+        self._inflight: list[asyncio.Task[_Done | None]] = []
         self._signer = LinkSigner(config.links.secret_key) if config.links else None
         self._delivered: OrderedDict[str, None] = OrderedDict()
         self._desk_told: OrderedDict[str, None] = OrderedDict()  # incidents the desk heard of
-        self._last_delivered: str | None = None
 
     def _link(self, req: NotificationRequest) -> str | None:
         if self._signer is None or self.config.links is None:
@@ -216,6 +264,18 @@ class Notifier:
 
     # ---- one request ----
 
+    def _loop(self) -> asyncio.Runner:
+        """The notifier's own event loop, made on first use; the pool and locks live in it."""
+        if self._runner is None:
+            self._runner = asyncio.Runner()
+            self._pool = SmtpPool(self.config.concurrency)
+            self._desk_lock = asyncio.Lock()
+        return self._runner
+
+    def _send(self, msg: EmailMessage) -> Awaitable[None]:
+        send_fn = self.send_fn or self._pool.send
+        return send_fn(msg, self.config.smtp)
+
     def deliver(
         self, record: RecordLike, stop: threading.Event | None = None
     ) -> list[Outgoing] | None:
@@ -225,60 +285,94 @@ class Notifier:
         uncommitted so the next run picks it up again. Raises Unavailable when the relay
         could not be reached in any attempt.
         """
+        halted = (stop or threading.Event()).is_set
+        done = self._loop().run(self._deliver(record, halted))
+        return None if done is None else done.out
+
+    async def _deliver(
+        self,
+        record: RecordLike,
+        halted: Callable[[], bool],
+        *,
+        delivered_earlier: Callable[[str], Awaitable[bool]] | None = None,
+        slots: asyncio.Semaphore | None = None,
+    ) -> _Done | None:
+        """One request, start to finish; None when ``halted`` stopped it before it was done.
+
+        ``delivered_earlier`` says whether an earlier record of the same batch delivered the
+        same notification; ``slots`` bounds how many requests send at once.
+        """
         if record.value is None:
-            return self._unusable(record, "empty message (tombstone)")
+            return _Done(await self._unusable(record, "empty message (tombstone)"))
         try:
             req = NotificationRequest.model_validate_json(record.value)
         except ValidationError as exc:
-            return self._unusable(record, validation_reason(exc))
+            return _Done(await self._unusable(record, validation_reason(exc)))
 
-        if req.notification_id in self._delivered:
-            # Delivered and committed already (a replay, or a step taken twice by a fenced
-            # escalator): the recipient has this mail; the trail has its record.
+        if req.notification_id in self._delivered or (
+            delivered_earlier is not None and await delivered_earlier(req.notification_id)
+        ):
+            # Delivered already (a replay, or a step taken twice by a fenced escalator): the
+            # recipient has this mail; the trail has its record.
             self.metrics.duplicates.inc()
             log.info("skipped already delivered notification %s", req.notification_id)
-            return []
-        msg = render_email(req, self.config.smtp.sender, action_url=self._link(req))
-        tier = req.recipient.tier.value
+            return _Done([])
+        async with slots or contextlib.nullcontext():
+            if halted():
+                return None
+            msg = render_email(req, self.config.smtp.sender, action_url=self._link(req))
+            tier = req.recipient.tier.value
 
-        def observe(attempt: int, error: SendError | None) -> None:
-            self.metrics.attempts.labels(
-                tier=tier, outcome=error.kind if error else "delivered"
-            ).inc()
-            if error is not None:
-                log.warning(
-                    "attempt %d/%d to notify incident=%s tier=%s recipient=%s step=%d failed"
-                    " (%s): %s",
-                    attempt,
-                    self.config.retry.attempts,
-                    req.incident_id,
-                    tier,
-                    req.recipient.email,
-                    req.step,
-                    error.kind,
-                    error.reason,
-                )
+            async def attempt() -> None:
+                # Timed per attempt: the backoff between attempts is not time spent sending.
+                with self.metrics.send_seconds.labels(tier=tier).time():
+                    await self._send(msg)
 
-        try:
-            with self.metrics.send_seconds.labels(tier=tier).time():
-                attempts = deliver_with_retries(
-                    lambda: self._run_async(self.send_fn(msg, self.config.smtp)),
-                    self.config.retry,
-                    wait=(stop or threading.Event()).wait,
-                    observe=observe,
+            def observe(attempt: int, error: SendError | None) -> None:
+                self.metrics.attempts.labels(
+                    tier=tier, outcome=error.kind if error else "delivered"
+                ).inc()
+                if error is not None:
+                    log.warning(
+                        "attempt %d/%d to notify incident=%s tier=%s recipient=%s step=%d"
+                        " failed (%s): %s",
+                        attempt,
+                        self.config.retry.attempts,
+                        req.incident_id,
+                        tier,
+                        req.recipient.email,
+                        req.step,
+                        error.kind,
+                        error.reason,
+                    )
+
+            async def wait(seconds: float) -> bool:
+                loop = asyncio.get_running_loop()
+                deadline = loop.time() + seconds
+                while not halted():
+                    left = deadline - loop.time()
+                    if left <= 0:
+                        return False
+                    await asyncio.sleep(min(STOP_POLL_S, left))
+                return True
+
+            try:
+                attempts = await deliver_with_retries_async(
+                    attempt, self.config.retry, wait=wait, observe=observe
                 )
-        except Stopped:
-            return None
+            except Stopped:
+                return None
         if attempts.error is not None and attempts.error.unreachable:
             raise Unavailable(f"SMTP relay unreachable: {attempts.error.reason}")
-        return self._outcome_messages(record, req, attempts.count, attempts.error)
+        out = await self._outcome_messages(record, req, attempts.count, attempts.error)
+        return _Done(out, req.notification_id if attempts.error is None else None)
 
-    def _unusable(self, record: RecordLike, reason: str) -> list[Outgoing]:
+    async def _unusable(self, record: RecordLike, reason: str) -> list[Outgoing]:
         incident = self.incident_of(record)
         _, severity = _lenient_facts(record.value)
         out = [self._letter(record, Reason.unparseable, reason, incident)]
         if severity is Severity.critical and incident:
-            out += self._fallback(incident, severity)
+            out += await self._fallback(incident, severity)
         return out
 
     def _letter(
@@ -287,12 +381,7 @@ class Notifier:
         letter = self.dead_letters.of(record, reason, detail, incident_id)
         return Outgoing(self.dead_letter_topic, record.key, to_json(letter))
 
-    def _run_async(self, coro: Awaitable[None]) -> None:
-        if self._runner is None:
-            self._runner = asyncio.Runner()
-        self._runner.run(_as_coroutine(coro))
-
-    def _outcome_messages(
+    async def _outcome_messages(
         self, record: RecordLike, req: NotificationRequest, attempts: int, error: SendError | None
     ) -> list[Outgoing]:
         outcome = delivery_outcome(req, attempts, error, utcnow())
@@ -307,7 +396,11 @@ class Notifier:
             status=outcome.result.status.value,
         ).inc()
         if error is None:
-            self._last_delivered = req.notification_id
+            if req.kind is NotificationKind.first_notice and req.step == 0:
+                waited = (outcome.result.at - req.received_at).total_seconds()
+                self.metrics.report_to_mail.labels(severity=req.severity.value).observe(
+                    max(0.0, waited)
+                )
             log.info(
                 "notified incident=%s tier=%s recipient=%s step=%d attempts=%d message_id=%s",
                 req.incident_id,
@@ -338,11 +431,17 @@ class Notifier:
         )
         self._say(req, f"FAILED ({error.kind}) to notify")
         if req.severity is Severity.critical or req.immediate_danger:
-            out += self._fallback(req.incident_id, Severity.critical)
+            out += await self._fallback(req.incident_id, Severity.critical)
         return out
 
-    def _fallback(self, incident_id: str, severity: Severity) -> list[Outgoing]:
+    async def _fallback(self, incident_id: str, severity: Severity) -> list[Outgoing]:
         """Tell the intake desk, in a mail that cannot fail to render, that a person is missing."""
+        # Requests of one batch fail side by side; the lock makes the second one see the first
+        # one's mail, as it did when requests went one at a time.
+        async with self._desk_lock:
+            return await self._tell_desk(incident_id, severity)
+
+    async def _tell_desk(self, incident_id: str, severity: Severity) -> list[Outgoing]:
         recipients = list(self.config.fallback_recipients)
         if incident_id in self._desk_told:
             # Several recipients of one incident may fail together; the desk needs one mail.
@@ -352,10 +451,16 @@ class Notifier:
             log.error("no fallback recipient configured for incident=%s", incident_id)
             return []
         msg = render_fallback_email(incident_id, severity, self.config.smtp.sender, recipients)
-        attempts = deliver_with_retries(
-            lambda: self._run_async(self.send_fn(msg, self.config.smtp)),
+
+        async def pause(seconds: float) -> bool:
+            # Not cut short by stop: the desk's mail is the last resort for a lost notice.
+            await asyncio.sleep(seconds)
+            return False
+
+        attempts = await deliver_with_retries_async(
+            lambda: self._send(msg),
             RetryPolicy(max_attempts=3, backoff_s=self.config.retry.backoff_s),
-            wait=threading.Event().wait,
+            wait=pause,
         )
         delivered = attempts.error is None
         if delivered:
@@ -380,18 +485,102 @@ class Notifier:
     # ---- the stage, as the consumer loop sees it ----
 
     def handle(self, records: Sequence[RecordLike], stop: threading.Event) -> Iterator[Handled]:
-        for record in records:
-            if stop.is_set():
-                return
-            self._last_delivered = None
-            out = self.deliver(record, stop)
-            if out is None:
-                return
-            delivered = self._last_delivered
-            yield Handled([record], out)
-            # Resumed only after the loop published the outcome and committed the offset.
-            if delivered is not None:
-                self._remember(delivered)
+        """Deliver the batch ``concurrency`` at a time; yield its finished head as it grows.
+
+        The loop publishes each yielded outcome and commits the last offset before this resumes,
+        so a notification id is remembered as delivered only once its offset is committed.
+        Stop, or a relay that cannot be reached, halts the batch: requests not yet sent are not
+        started, backoffs end, what is in flight finishes, the finished head is yielded, and
+        then (relay unreachable) Unavailable is raised so the loop pauses and rewinds the rest.
+        """
+        if stop.is_set() or not records:
+            return
+        runner = self._loop()
+        # A batch abandoned by the loop (a broker error while publishing) may have left work.
+        self._settle(runner, self._inflight)
+        batch = _Batch(stop)
+        slots = asyncio.Semaphore(max(1, self.config.concurrency))
+        loop = runner.get_loop()
+        # All tasks exist before any runs, so a task may look up an earlier one by index.
+        batch.tasks = [
+            loop.create_task(self._one(batch, i, record, slots)) for i, record in enumerate(records)
+        ]
+        self._inflight = batch.tasks
+        done = 0
+        try:
+            while done < len(records):
+                unfinished = [t for t in batch.tasks[done:] if not t.done()]
+                if unfinished:
+                    runner.run(_wait(unfinished, YIELD_EVERY_S))
+                end, out, delivered = done, [], []
+                while end < len(records) and batch.tasks[end].done():
+                    result = _result(batch.tasks[end])
+                    if result is None:  # halted before it was done
+                        break
+                    out += result.out
+                    if result.delivered is not None:
+                        delivered.append(result.delivered)
+                    end += 1
+                if end > done:
+                    yield Handled(records[done:end], out)
+                    # Resumed only after the loop published the outcomes and committed.
+                    for notification in delivered:
+                        self._remember(notification)
+                    done = end
+                if done < len(records) and batch.tasks[done].done():
+                    break  # the head was halted: nothing after it may be committed
+            self._settle(runner, batch.tasks, cancel=False)
+            if batch.unavailable is not None:
+                raise batch.unavailable
+        finally:
+            self._settle(runner, batch.tasks)
+
+    async def _one(
+        self, batch: _Batch, index: int, record: RecordLike, slots: asyncio.Semaphore
+    ) -> _Done | None:
+        """One request of a batch; a request whose handling raises is set aside right here, so
+        the others of the batch go on."""
+        try:
+            return await self._deliver(
+                record,
+                batch.halted,
+                delivered_earlier=lambda notification: batch.delivered_before(notification, index),
+                slots=slots,
+            )
+        except Unavailable as exc:
+            if batch.unavailable is None:
+                batch.unavailable = exc
+            raise
+        except Exception as exc:
+            log.error(
+                "set aside notification request %s[%d]@%d: %s raised %s",
+                record.topic,
+                record.partition,
+                record.offset,
+                STAGE,
+                describe_failure(exc),
+            )
+            out = [poison_letter(self, self.dead_letter_topic, record, exc)]
+            return _Done(out + await self._on_poison(record, exc))
+
+    def _settle(
+        self,
+        runner: asyncio.Runner,
+        tasks: Sequence[asyncio.Task[_Done | None]],
+        cancel: bool = True,
+    ) -> None:
+        """Let unfinished ``tasks`` end (cancelled, unless ``cancel`` is False: then they are
+        halted and end by themselves), and mark every failure as seen."""
+        unfinished = [t for t in tasks if not t.done()]
+        if unfinished:
+            if cancel:
+                for task in unfinished:
+                    task.cancel()
+            if not runner.get_loop().is_running():
+                runner.run(asyncio.wait(unfinished))
+        for task in tasks:
+            if task.done() and not task.cancelled():
+                task.exception()
 
     def incident_of(self, record: RecordLike) -> str | None:
         """The request's own incident id if it can be read, else its key (the incident id)."""
@@ -401,17 +590,20 @@ class Notifier:
         return record.key.decode("utf-8", "replace") if record.key else None
 
     def on_poison(self, record: RecordLike, exc: Exception) -> list[Outgoing]:
+        return self._loop().run(self._on_poison(record, exc))
+
+    async def _on_poison(self, record: RecordLike, exc: Exception) -> list[Outgoing]:
         incident = self.incident_of(record)
         _, severity = _lenient_facts(record.value)
         if severity is Severity.critical and incident:
-            return self._fallback(incident, severity)
+            return await self._fallback(incident, severity)
         return []
 
     def consumer_config(self, bootstrap_servers: str) -> ConsumerConfig:
-        # A request may spend several SMTP timeouts plus backoff; leave room for a batch.
-        worst = self.config.max_poll_records * self.config.retry.worst_case_s(
-            4 * self.config.smtp.timeout_s
-        )
+        # A request may spend several SMTP timeouts plus backoff, holding one of `concurrency`
+        # slots; the batch goes through in ceil(records / concurrency) such rounds at worst.
+        rounds = math.ceil(self.config.max_poll_records / max(1, self.config.concurrency))
+        worst = rounds * self.config.retry.worst_case_s(4 * self.config.smtp.timeout_s)
         return ConsumerConfig(
             bootstrap_servers=bootstrap_servers,
             group_id=self.group_id,
@@ -426,10 +618,63 @@ class Notifier:
         try:
             run_consumer(self.consumer_config(bootstrap_servers), self, stop, self.registry)
         finally:
-            if self._runner is not None:
-                self._runner.close()
-                self._runner = None
+            self.close()
+
+    def close(self) -> None:
+        """Close the pooled connections and the event loop (a later use makes new ones)."""
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            try:
+                self._settle(runner, self._inflight)
+                runner.run(self._pool.close())
+            finally:
+                runner.close()
 
 
-async def _as_coroutine(awaitable: Awaitable[None]) -> None:
-    await awaitable
+@dataclass
+class _Done:
+    """A finished request: what to publish, and the notification delivered (to remember it
+    once the offset is committed)."""
+
+    out: list[Outgoing]
+    delivered: str | None = None
+
+
+class _Batch:
+    """What the requests of one batch share: the halt signal and each other's results."""
+
+    def __init__(self, stop: threading.Event) -> None:
+        self.stop = stop
+        self.unavailable: Unavailable | None = None
+        self.tasks: list[asyncio.Task[_Done | None]] = []
+        self._first: dict[str, int] = {}
+
+    def halted(self) -> bool:
+        return self.stop.is_set() or self.unavailable is not None
+
+    async def delivered_before(self, notification: str, index: int) -> bool:
+        """Whether an earlier record of this batch carried ``notification`` and delivered it.
+
+        The later copy waits for the earlier one instead of mailing at the same time; as it
+        comes later in offset order, its commit implies the earlier one's.
+        """
+        first = self._first.setdefault(notification, index)
+        if first == index:
+            return False
+        earlier = self.tasks[first]
+        await asyncio.wait([earlier])
+        if earlier.cancelled() or earlier.exception() is not None:
+            return False
+        result = earlier.result()
+        return result is not None and result.delivered == notification
+
+
+def _result(task: asyncio.Task[_Done | None]) -> _Done | None:
+    """A finished task's outcome; None when it was halted (stop, relay unreachable)."""
+    if task.cancelled() or isinstance(task.exception(), Unavailable):
+        return None
+    return task.result()  # re-raises an unexpected failure: the loop then goes one by one
+
+
+async def _wait(tasks: Sequence[asyncio.Task[_Done | None]], timeout: float) -> None:
+    await asyncio.wait(tasks, timeout=timeout)

@@ -38,7 +38,7 @@ from schemas.topics import (
     INCIDENTS_ACTIONS,
     INCIDENTS_CLASSIFIED,
     INCIDENTS_UPDATES,
-    NOTIFICATIONS_REQUESTED,
+    requests_topic_for,
 )
 from stream_processors.config_holder import ConfigHolder
 from stream_processors.escalation.core import (
@@ -121,7 +121,7 @@ class Escalator(StateWorker[EscalationState]):
         self.classified_topic = INCIDENTS_CLASSIFIED.name(prefix)
         self.actions_topic = INCIDENTS_ACTIONS.name(prefix)
         self.updates_topic = INCIDENTS_UPDATES.name(prefix)
-        self.requests_topic = NOTIFICATIONS_REQUESTED.name(prefix)
+        self.prefix = prefix
         self.audit_topic = AUDIT_EVENTS.name(prefix)
         self.group_id = f"{config.app_id}-escalator"
         super().__init__(
@@ -207,6 +207,8 @@ class Escalator(StateWorker[EscalationState]):
 
     def _outputs(self, transition: Transition) -> list[Output]:
         key = transition.state.incident_id.encode("utf-8")
-        out: list[Output] = [(self.requests_topic, key, r) for r in transition.requests]
+        out: list[Output] = [
+            (requests_topic_for(r).name(self.prefix), key, r) for r in transition.requests
+        ]
         out += [(self.audit_topic, key, a) for a in transition.audits]
         return out

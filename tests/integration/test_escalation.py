@@ -25,7 +25,7 @@ from schemas.actions import ActionKind, IncidentAction
 from schemas.common import Tier
 from schemas.notifications import NotificationRequest
 from schemas.reports import ReportIn
-from schemas.topics import INCIDENTS_ACTIONS, NOTIFICATIONS_REQUESTED
+from schemas.topics import INCIDENTS_ACTIONS, NOTIFICATIONS_REQUESTED, NOTIFICATIONS_URGENT
 from tests.conftest import free_port
 from tests.services.pipeline import Components, Mail, Sink, start_sink, wait_for
 
@@ -109,6 +109,7 @@ class Pipeline:
     def all_first_requests(self) -> list[NotificationRequest]:
         consumer = KafkaConsumer(
             NOTIFICATIONS_REQUESTED.name(self.prefix),
+            NOTIFICATIONS_URGENT.name(self.prefix),
             bootstrap_servers=self.bootstrap,
             auto_offset_reset="earliest",
             consumer_timeout_ms=2000,

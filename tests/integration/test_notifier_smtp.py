@@ -431,3 +431,117 @@ def test_outbox_saves_messages_and_announces_them(tmp_path: Path) -> None:
     [line] = lines
     assert "hieutruong@thcs.example" in line and "[ESCALATE][CRITICAL]" in line
     assert DESCRIPTION not in line
+
+
+# ---- many requests at once, over reused connections ----
+
+
+class Sink(Capture):
+    """Capture that also counts connections and simultaneous DATA sessions, and can drop the
+    connection instead of answering the n-th DATA (the message is then not taken)."""
+
+    def __init__(self, data_s: float = 0.02, drop_at: tuple[int, ...] = ()) -> None:
+        super().__init__()
+        self.data_s = data_s
+        self.drop_at = set(drop_at)
+        self.peers: set[Any] = set()
+        self.in_data = 0
+        self.most_in_data = 0
+        self.data_seen = 0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.peers.add(session.peer)
+        self.data_seen += 1
+        if self.data_seen in self.drop_at:
+            server.transport.close()
+            return "421 closing"
+        self.in_data += 1
+        self.most_in_data = max(self.most_in_data, self.in_data)
+        try:
+            await asyncio.sleep(self.data_s)
+        finally:
+            self.in_data -= 1
+        return await super().handle_DATA(server, session, envelope)
+
+
+def many_requests(n: int) -> list[NotificationRequest]:
+    out = []
+    for i in range(n):
+        email = f"r{i}@bd.example"
+        out.append(
+            make_request(
+                incident_id=f"inc-{i}",
+                email=email,
+                notification_id=notification_id(f"inc-{i}", email, 0),
+                severity=Severity.high,
+                category=Category.cyberbullying,
+            )
+        )
+    return out
+
+
+@pytest.fixture
+def sink_for(smtp: Smtp) -> Iterator[Any]:
+    started: list[Controller] = []
+
+    def start(handler: Sink) -> NotifierConfig:
+        port = free_port()
+        controller = Controller(handler, hostname="127.0.0.1", port=port)
+        controller.start()
+        started.append(controller)
+        return replace(smtp.relay_on(port), concurrency=8)
+
+    yield start
+    for controller in started:
+        controller.stop()
+
+
+def run_batch(notifier: Notifier, reqs: list[NotificationRequest]) -> list[int]:
+    committed: list[int] = []
+    batch = [record_for(r, offset=i) for i, r in enumerate(reqs)]
+    for handled in notifier.handle(batch, threading.Event()):
+        committed += [r.offset for r in handled.records]
+    return committed
+
+
+def message_ids(sink: Capture) -> list[str]:
+    return [str(parse(raw)["Message-ID"]) for _, raw in sink.messages]
+
+
+def test_a_batch_goes_out_concurrently_over_few_connections(sink_for: Any) -> None:
+    sink = Sink()
+    notifier, registry = make_notifier(sink_for(sink))
+    reqs = many_requests(40)
+    try:
+        assert run_batch(notifier, reqs) == list(range(40))
+    finally:
+        notifier.close()
+    assert sorted(message_ids(sink)) == sorted(message_id_for(r) for r in reqs)
+    assert 1 < sink.most_in_data <= 8
+    assert len(sink.peers) <= 8  # one connection per slot, each reused for several mails
+    assert (
+        registry.get_sample_value(
+            "escalate_notification_send_seconds_count", {"tier": "district_office"}
+        )
+        == 40
+    )
+
+
+def test_a_dropped_connection_is_replaced_and_each_mail_goes_once(sink_for: Any) -> None:
+    sink = Sink(drop_at=(5, 12))
+    notifier, registry = make_notifier(sink_for(sink))
+    reqs = many_requests(20)
+    try:
+        assert run_batch(notifier, reqs) == list(range(20))
+    finally:
+        notifier.close()
+    ids = message_ids(sink)
+    assert sorted(ids) == sorted(message_id_for(r) for r in reqs)  # each exactly once
+    assert len(sink.peers) > 1
+    assert (
+        registry.get_sample_value(
+            "escalate_notification_attempts_total",
+            {"tier": "district_office", "outcome": "transient"},
+        )
+        == 2
+    )
