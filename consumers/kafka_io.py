@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, Gauge
 from pydantic import BaseModel
 
 from consumers.dead_letters import DeadLetters, Reason, SourceRecord, describe_failure
@@ -40,6 +40,7 @@ __all__ = [
     "PUBLISH_TIMEOUT_S",
     "ConsumerConfig",
     "Handled",
+    "LagReporter",
     "Outgoing",
     "RecordLike",
     "Stage",
@@ -126,6 +127,55 @@ class LoopMetrics:
             ["stage", "cause"],
             registry=registry,
         )
+        self.lag = Gauge(
+            "escalate_consumer_lag_messages",
+            "Messages on the partitions this process consumes that it has not read yet, by "
+            "consumer group and topic (sum over the group's processes for the group's lag).",
+            ["group", "topic"],
+            registry=registry,
+        )
+
+
+class LagReporter:
+    """Sets ``escalate_consumer_lag_messages`` for one consumer, every few seconds.
+
+    The consumer measures itself (end offsets of its assigned partitions less its positions),
+    so the figure needs no admin access and is there for every process of a group. Lag is an
+    operator's figure, never a reason to stop: a broker that cannot answer just skips a round.
+    """
+
+    def __init__(
+        self,
+        consumer: Any,
+        group: str,
+        topics: Sequence[str],
+        registry: CollectorRegistry,
+        every_s: float = 5.0,
+    ) -> None:
+        self.consumer = consumer
+        self.group = group
+        self.topics = tuple(topics)
+        self.gauge = loop_metrics_for(registry).lag
+        self.every_s = every_s
+        self._next = 0.0
+
+    def maybe_report(self) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.every_s
+        try:
+            assigned = list(self.consumer.assignment())
+            ends = self.consumer.end_offsets(assigned) if assigned else {}
+            totals = dict.fromkeys(self.topics, 0)
+            for tp in assigned:
+                behind = ends.get(tp, 0) - self.consumer.position(tp)
+                totals[tp.topic] = totals.get(tp.topic, 0) + max(0, behind)
+        except Exception as exc:  # a figure for operators must never stop the consumer
+            log.debug("lag not measured this round: %s", type(exc).__name__)
+            return
+        for topic, total in totals.items():
+            self.gauge.labels(group=self.group, topic=topic).set(total)
 
 
 loop_metrics_for = PerRegistry(LoopMetrics)
@@ -246,6 +296,7 @@ def run_consumer(
         pending[tp] = record.offset + 1
 
     runner = _Partition(stage, config, commit, lambda out: publish(producer, out))
+    lag = LagReporter(consumer, config.group_id, config.topics, registry)
     try:
         consumer.subscribe(list(config.topics))
         log.info(
@@ -253,6 +304,7 @@ def run_consumer(
         )
         while not stop.is_set():
             batch = consumer.poll(timeout_ms=config.poll_timeout_ms)
+            lag.maybe_report()
             if not batch:
                 continue
             pending.clear()

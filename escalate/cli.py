@@ -111,10 +111,10 @@ def cmd_db_migrate(args: argparse.Namespace) -> int:
 
 def cmd_topics_create(args: argparse.Namespace) -> int:
     from escalate.components import require_bootstrap
-    from escalate.topics_admin import ensure_topics
+    from escalate.topics_admin import ensure_topics, layout_of
 
     settings = _settings()
-    created = ensure_topics(require_bootstrap(settings), settings.topic_prefix)
+    created = ensure_topics(require_bootstrap(settings), settings.topic_prefix, layout_of(settings))
     print("\n".join(created) if created else "all topics exist")
     return 0
 

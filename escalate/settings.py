@@ -111,6 +111,16 @@ class Settings(BaseSettings):
         default=None,
         description="Stable name of this worker (e.g. the pod name): static group membership.",
     )
+    topic_partitions: int = Field(
+        default=6,
+        ge=1,
+        description="Partitions of each topic created (dead letters: 1); the most processes "
+        "of one component that can share the work. Set before the first start.",
+    )
+    topic_replication: int = Field(default=1, ge=1, description="Replicas of each topic created.")
+    topic_min_insync_replicas: int | None = Field(
+        default=None, ge=1, description="min.insync.replicas of each topic created."
+    )
     processors_commit_every: int = Field(
         default=50,
         ge=1,

@@ -1,32 +1,72 @@
-"""Creates the pipeline's topics with the partition counts the registry names."""
+"""Creates the pipeline's topics with the partition counts and replication the settings name."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
-from schemas.topics import ALL_TOPICS
+from schemas.topics import ALL_TOPICS, TopicSpec
+
+if TYPE_CHECKING:
+    from escalate.settings import Settings
 
 log = logging.getLogger("escalate.topics")
 
 
-def ensure_topics(bootstrap: str, prefix: str = "") -> list[str]:
-    """Create any missing topic; returns the names that were created."""
+@dataclass(frozen=True)
+class TopicLayout:
+    """How many partitions and replicas the pipeline's topics get when they are created.
+
+    ``partitions`` None keeps each topic's count from the registry (``schemas/topics.py``).
+    Every topic gets the same count, except those the registry keeps at one partition (the
+    dead letters): the escalator and the grouper rely on their inputs and state topics having
+    equal counts, so that one key lands on the same partition number of each.
+    """
+
+    partitions: int | None = None
+    replication: int = 1
+    #: with replication 3, 2 means an acknowledged write survives the loss of any one broker
+    min_insync_replicas: int | None = None
+
+    def partitions_of(self, spec: TopicSpec) -> int:
+        if self.partitions is None or spec.partitions == 1:
+            return spec.partitions
+        return self.partitions
+
+
+def ensure_topics(bootstrap: str, prefix: str = "", layout: TopicLayout | None = None) -> list[str]:
+    """Create any missing topic; returns the names that were created.
+
+    Existing topics are left as they are. One whose partition count differs from the layout is
+    logged: adding partitions to a running pipeline moves keys to other partitions, away from
+    the state the escalator and the grouper keep for them, so that is a migration, not a
+    setting to flip.
+    """
+    layout = layout or TopicLayout()
     admin = KafkaAdminClient(bootstrap_servers=bootstrap.split(","), client_id="escalate-admin")
     try:
         existing = set(admin.list_topics())
-        wanted = [
-            NewTopic(
-                spec.name(prefix),
-                num_partitions=spec.partitions,
-                replication_factor=1,
-                topic_configs={"cleanup.policy": "compact"} if spec.compacted else {},
+        wanted = []
+        for spec in ALL_TOPICS:
+            if spec.name(prefix) in existing:
+                continue
+            configs: dict[str, str] = {}
+            if spec.compacted:
+                configs["cleanup.policy"] = "compact"
+            if layout.min_insync_replicas is not None:
+                configs["min.insync.replicas"] = str(layout.min_insync_replicas)
+            wanted.append(
+                NewTopic(
+                    spec.name(prefix),
+                    num_partitions=layout.partitions_of(spec),
+                    replication_factor=layout.replication,
+                    topic_configs=configs,
+                )
             )
-            for spec in ALL_TOPICS
-            if spec.name(prefix) not in existing
-        ]
         created = []
         for topic in wanted:
             try:
@@ -36,6 +76,40 @@ def ensure_topics(bootstrap: str, prefix: str = "") -> list[str]:
                 pass
         if created:
             log.info("created topics: %s", ", ".join(created))
+        _warn_on_other_counts(admin, prefix, layout, existing)
         return created
     finally:
         admin.close()
+
+
+def _warn_on_other_counts(admin: Any, prefix: str, layout: TopicLayout, existing: set[str]) -> None:
+    if layout.partitions is None:
+        return
+    names = [s.name(prefix) for s in ALL_TOPICS if s.name(prefix) in existing]
+    if not names:
+        return
+    try:
+        described = admin.describe_topics(names)
+    except Exception as exc:  # a warning only; the topics are usable as they are
+        log.debug("could not describe topics: %s", type(exc).__name__)
+        return
+    specs = {s.name(prefix): s for s in ALL_TOPICS}
+    for topic in described:
+        spec = specs.get(topic.get("name") or topic.get("topic") or "")
+        count = len(topic.get("partitions") or [])
+        if spec is not None and count and count != layout.partitions_of(spec):
+            log.warning(
+                "topic %s has %d partitions, the settings say %d: left as it is (changing it "
+                "moves keys away from their state; see docs/SCALING.md)",
+                spec.name(prefix),
+                count,
+                layout.partitions_of(spec),
+            )
+
+
+def layout_of(settings: Settings) -> TopicLayout:
+    return TopicLayout(
+        partitions=settings.topic_partitions,
+        replication=settings.topic_replication,
+        min_insync_replicas=settings.topic_min_insync_replicas,
+    )

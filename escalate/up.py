@@ -72,7 +72,7 @@ def up(settings: Settings) -> int:
     from consumers.audit.store import migrate
     from consumers.outbox import OutboxServer
     from escalate import kafka_local
-    from escalate.topics_admin import ensure_topics
+    from escalate.topics_admin import ensure_topics, layout_of
 
     started_broker = False
     outbox: OutboxServer | None = None
@@ -98,7 +98,7 @@ def up(settings: Settings) -> int:
             started_broker = not already
         env["ESCALATE_KAFKA_BOOTSTRAP_SERVERS"] = bootstrap
         _say(f"Kafka at {bootstrap}")
-        ensure_topics(bootstrap, settings.topic_prefix)
+        ensure_topics(bootstrap, settings.topic_prefix, layout_of(settings))
         settings.var_dir.mkdir(parents=True, exist_ok=True)
         migrate(settings.database_url)
         if not settings.smtp_host:

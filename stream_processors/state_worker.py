@@ -40,6 +40,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 from pydantic import BaseModel, ValidationError
 
 from consumers.dead_letters import DeadLetters, Reason, SourceRecord, describe_failure
+from consumers.kafka_io import LagReporter
 from schemas.common import utcnow
 from schemas.validation import validation_reason
 
@@ -451,12 +452,14 @@ class StateWorker(Generic[S]):
             ),
         )
         self._consumer = consumer
+        lag = LagReporter(consumer, options.group_id, options.inputs, self.registry)
         try:
             consumer.subscribe(list(options.inputs), listener=Listener())
             self.log.info("%s consuming as group %s", options.stage, options.group_id)
             while not stop.is_set():
                 try:
                     batch = consumer.poll(timeout_ms=options.poll_timeout_ms)
+                    lag.maybe_report()
                     if self._pending:
                         taking, self._pending = self._pending, set()
                         self._take(taking)

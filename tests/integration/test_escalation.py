@@ -294,7 +294,8 @@ def test_an_escalator_killed_before_the_deadline_escalates_once_and_on_time(
     with start_pipeline(kafka_bootstrap, isolation, tmp_path, "10s", grouping=False) as pipeline:
         # A first report only to know the pipeline is up, so the deadline is not spent starting.
         warm_up = pipeline.report(BULLYING, category_hint="cyberbullying")
-        wait_for(lambda: pipeline.sink.about(warm_up), what="the pipeline to start")
+        # Five processes start at once (six with the spare); on a loaded machine that is slow.
+        wait_for(lambda: pipeline.sink.about(warm_up), timeout_s=180, what="the pipeline to start")
         incident = pipeline.report(BULLYING, category_hint="cyberbullying")
         wait_for(
             lambda: any(m.kind == "first_notice" for m in pipeline.sink.about(incident)),
@@ -420,7 +421,10 @@ def test_a_second_escalator_takes_over_a_killed_one_and_escalates_once(
         spare.start("escalator")
         try:
             warm_up = pipeline.report(BULLYING, category_hint="cyberbullying")
-            wait_for(lambda: pipeline.sink.about(warm_up), what="the pipeline to start")
+            # Six processes start at once, the spare included; on a loaded machine that is slow.
+            wait_for(
+                lambda: pipeline.sink.about(warm_up), timeout_s=180, what="the pipeline to start"
+            )
             time.sleep(5)  # let the group settle with both workers
             incidents = [
                 pipeline.report(f"{BULLYING} ({n})", category_hint="cyberbullying")

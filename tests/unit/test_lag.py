@@ -1,0 +1,72 @@
+"""``LagReporter``: each consumer measures its own backlog (``escalate_consumer_lag_messages``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry
+
+from consumers.kafka_io import LagReporter
+
+
+@dataclass(frozen=True)
+class TP:
+    topic: str
+    partition: int
+
+
+class FakeConsumer:
+    """The three calls the reporter makes, over a fixed assignment."""
+
+    def __init__(self, ends: dict[TP, int], positions: dict[TP, int]) -> None:
+        self.ends = ends
+        self.positions = positions
+        self.broken = False
+
+    def assignment(self) -> set[TP]:
+        return set(self.positions)
+
+    def end_offsets(self, tps: list[TP]) -> dict[TP, int]:
+        if self.broken:
+            raise TimeoutError("broker away")
+        return {tp: self.ends[tp] for tp in tps}
+
+    def position(self, tp: TP) -> int:
+        return self.positions[tp]
+
+
+def lag(registry: CollectorRegistry, topic: str) -> float | None:
+    return registry.get_sample_value(
+        "escalate_consumer_lag_messages", {"group": "g", "topic": topic}
+    )
+
+
+def test_lag_is_summed_per_topic_and_zero_for_topics_not_assigned() -> None:
+    registry = CollectorRegistry()
+    a0, a1, b0 = TP("a", 0), TP("a", 1), TP("b", 0)
+    consumer = FakeConsumer({a0: 10, a1: 7, b0: 3}, {a0: 4, a1: 7, b0: 3})
+    reporter = LagReporter(consumer, "g", ["a", "b", "c"], registry, every_s=0)
+    reporter.maybe_report()
+    assert (lag(registry, "a"), lag(registry, "b"), lag(registry, "c")) == (6, 0, 0)
+
+
+def test_a_broker_that_cannot_answer_skips_a_round_and_keeps_the_last_figure() -> None:
+    registry = CollectorRegistry()
+    a0 = TP("a", 0)
+    consumer = FakeConsumer({a0: 10}, {a0: 2})
+    reporter = LagReporter(consumer, "g", ["a"], registry, every_s=0)
+    reporter.maybe_report()
+    consumer.broken = True
+    reporter.maybe_report()
+    assert lag(registry, "a") == 8
+
+
+def test_it_measures_at_most_once_per_interval() -> None:
+    registry = CollectorRegistry()
+    a0 = TP("a", 0)
+    consumer = FakeConsumer({a0: 10}, {a0: 2})
+    reporter = LagReporter(consumer, "g", ["a"], registry, every_s=3600)
+    reporter.maybe_report()
+    consumer.positions[a0] = 10
+    reporter.maybe_report()
+    assert lag(registry, "a") == 8
