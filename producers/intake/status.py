@@ -135,6 +135,20 @@ def add_status_routes(
     def html(body: str, status: int, extra: dict[str, str] | None = None) -> HTMLResponse:
         return HTMLResponse(body, status_code=status, headers={**PAGE_HEADERS, **(extra or {})})
 
+    def page_limited(language: str, typed: str, wait: int) -> HTMLResponse:
+        metrics.lookups.labels("limited").inc()
+        return html(
+            render_lookup(language, typed, "limited", wait), 429, {"Retry-After": str(wait)}
+        )
+
+    def page_not_ready(language: str, typed: str) -> HTMLResponse:
+        metrics.lookups.labels("not_ready").inc()
+        return html(
+            render_lookup(language, typed, "not_ready"),
+            503,
+            {"Retry-After": str(NOT_READY_RETRY_S)},
+        )
+
     def too_many(wait: int) -> JSONResponse:
         metrics.lookups.labels("limited").inc()
         return JSONResponse(
@@ -288,18 +302,10 @@ def add_status_routes(
             return html(render_lookup(language), 200)
         wait = desk.lookups.hit(address(request))
         if wait is not None:
-            metrics.lookups.labels("limited").inc()
-            return html(
-                render_lookup(language, typed, "limited", wait), 429, {"Retry-After": str(wait)}
-            )
+            return page_limited(language, typed, wait)
         view = ready_view()
         if view is None:
-            metrics.lookups.labels("not_ready").inc()
-            return html(
-                render_lookup(language, typed, "not_ready"),
-                503,
-                {"Retry-After": str(NOT_READY_RETRY_S)},
-            )
+            return page_not_ready(language, typed)
         found = view.find_code(typed)
         # The status page is rendered for a miss too (and dropped): it costs several times the
         # lookup page, and the time must not tell a guessed code that exists from one that
@@ -316,10 +322,7 @@ def add_status_routes(
         language = pick_lang(lang)
         wait = desk.follow_ups.hit(address(request))
         if wait is not None:
-            metrics.lookups.labels("limited").inc()
-            return html(
-                render_lookup(language, "", "limited", wait), 429, {"Retry-After": str(wait)}
-            )
+            return page_limited(language, "", wait)
         body = await read_body(request)
         if body is None:
             reports.labels("web_form", "invalid").inc()
@@ -328,12 +331,7 @@ def add_status_routes(
         typed = form.get("code", "").strip()[:64]
         view = ready_view()
         if view is None:
-            metrics.lookups.labels("not_ready").inc()
-            return html(
-                render_lookup(language, typed, "not_ready"),
-                503,
-                {"Retry-After": str(NOT_READY_RETRY_S)},
-            )
+            return page_not_ready(language, typed)
         found = view.find_code(typed)
         if found is None:
             metrics.lookups.labels("unknown").inc()

@@ -155,14 +155,10 @@ def _requests(
             update["acted_by"] = acted_by
             update["acted_by_name"] = acted_by_name
         else:
-            seen = (
-                state.tiers[req.recipient.tier].reports_seen
-                if req.recipient.tier in (state.tiers)
-                else count
-            )
-            update["new_reports"] = (
-                max(0, count - seen) if kind is not (NotificationKind.first_notice) else 0
-            )
+            tier_state = state.tiers.get(req.recipient.tier)
+            seen = tier_state.reports_seen if tier_state is not None else count
+            first = kind is NotificationKind.first_notice
+            update["new_reports"] = 0 if first else max(0, count - seen)
             if kind is NotificationKind.update:
                 update["notification_id"] = event_id(
                     "notification", req.incident_id, req.recipient.email.lower(), kind.value, ref
