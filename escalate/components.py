@@ -9,9 +9,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+import os
+import shutil
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, start_http_server
@@ -19,6 +21,8 @@ from prometheus_client import REGISTRY, start_http_server
 from escalate.settings import Settings
 
 if TYPE_CHECKING:  # the CLI imports this module; the components' libraries load on use
+    from fastapi import FastAPI
+
     from consumers.audit.worker import AuditConfig
     from consumers.notifier.sender import SmtpConfig
     from consumers.notifier.worker import NotifierConfig
@@ -57,16 +61,20 @@ def _stop_event() -> threading.Event:
     return stop
 
 
-def run_intake(settings: Settings) -> int:
-    import uvicorn
+def intake_app(settings: Settings) -> FastAPI:
+    """The intake's ASGI app; its lifespan starts the incident view and closes the producers."""
+    from contextlib import asynccontextmanager
+
     from fastapi import Response
-    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+    from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+    from prometheus_client.multiprocess import MultiProcessCollector
 
     from producers.intake.action_page import HelpContact
     from producers.intake.actions import ActionDesk
     from producers.intake.app import create_app
     from producers.intake.incidents import IncidentView
     from producers.intake.publisher import ActionPublisher, ReportPublisher
+    from producers.intake.ratelimit import FOLLOW_UP_RATE, LOOKUP_RATE, share_of_rate
     from schemas.directory import Directory
     from schemas.policy import Policy
     from schemas.yaml_loader import load_yaml_model
@@ -94,26 +102,78 @@ def run_intake(settings: Settings) -> int:
         help_contact=HelpContact(directory.city_office.name, directory.city_office.emails[0]),
         public_url=settings.links_base_url,
     )
-    app = create_app(publisher, settings.api_keys, REGISTRY, actions=desk)
+    # Each worker process counts in its own memory unless the storage is shared; then each gets
+    # its share of the limit, so an address never gets more than the whole of it.
+    shares = settings.intake_workers if settings.intake_rate_limit_storage == "memory://" else 1
+    app = create_app(
+        publisher,
+        settings.api_keys,
+        REGISTRY,
+        actions=desk,
+        lookup_rate=share_of_rate(LOOKUP_RATE, shares),
+        follow_up_rate=share_of_rate(FOLLOW_UP_RATE, shares),
+        rate_limit_storage=settings.intake_rate_limit_storage,
+    )
+    multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 
     @app.get("/metrics", include_in_schema=False)
     def metrics() -> Response:
-        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        if not multiprocess_dir:
+            return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+        # Several worker processes: whichever answers sums the counts all of them wrote.
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, multiprocess_dir)  # type: ignore[no-untyped-call]
+        return Response(generate_latest(merged), media_type=CONTENT_TYPE_LATEST)
 
-    incidents.start()
-    try:
-        # No access log: the action links' paths carry the recipients' tokens.
+    @asynccontextmanager
+    async def lifespan(_: object) -> AsyncIterator[None]:
+        incidents.start()
+        try:
+            yield
+        finally:
+            incidents.close()
+            action_publisher.close()
+            publisher.close()
+
+    app.router.lifespan_context = lifespan
+    return app
+
+
+def intake_worker_app() -> FastAPI:
+    """uvicorn's factory in each intake worker process: the settings come from the environment,
+    as they did for the process that started the workers."""
+    return intake_app(Settings())
+
+
+def run_intake(settings: Settings) -> int:
+    import uvicorn
+
+    # No access log: the action links' paths carry the recipients' tokens.
+    if settings.intake_workers == 1:
         uvicorn.run(
-            app,
+            intake_app(settings),
             host=settings.http_host,
             port=settings.http_port,
             log_level="warning",
             access_log=False,
         )
-    finally:
-        incidents.close()
-        action_publisher.close()
-        publisher.close()
+        return 0
+    # Several processes accept on one port (uvicorn's supervisor restarts one that dies). Python
+    # serves one request at a time per process, so this is how the intake uses more than a core.
+    # prometheus_client must know the shared directory before the workers import it.
+    metrics_dir = settings.var_dir / "intake-metrics"
+    shutil.rmtree(metrics_dir, ignore_errors=True)
+    metrics_dir.mkdir(parents=True)
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir.resolve())
+    uvicorn.run(
+        "escalate.components:intake_worker_app",
+        factory=True,
+        workers=settings.intake_workers,
+        host=settings.http_host,
+        port=settings.http_port,
+        log_level="warning",
+        access_log=False,
+    )
     return 0
 
 
@@ -147,6 +207,7 @@ def run_processors(settings: Settings) -> int:
         topic_prefix=settings.topic_prefix,
         commit_every=settings.processors_commit_every,
         commit_interval_s=settings.processors_commit_interval_s,
+        data_dir=str(settings.var_dir / "processors"),
     )
     app = create_app(config, bootstrap, holder, REGISTRY)
     worker = faust.Worker(app, loglevel="WARNING", quiet=True)

@@ -121,6 +121,17 @@ class Settings(BaseSettings):
     topic_min_insync_replicas: int | None = Field(
         default=None, ge=1, description="min.insync.replicas of each topic created."
     )
+    intake_workers: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="Intake processes accepting on the one HTTP port (about one per core).",
+    )
+    intake_rate_limit_storage: str = Field(
+        default="memory://",
+        description="Where the status pages' per-address limits count (``limits`` storage URI, "
+        "e.g. redis://host:6379); in memory, each intake process gets its share of the limit.",
+    )
     processors_commit_every: int = Field(
         default=50,
         ge=1,

@@ -55,6 +55,9 @@ class ProcessorConfig:
     #: its transaction commits, so the interval bounds the latency this adds
     commit_every: int = 50
     commit_interval_s: float = 0.1
+    #: faust creates a directory for its table files even with the in-memory store; by
+    #: default that lands in the working directory, so the composition root points it here
+    data_dir: str | None = None
 
 
 class ProcessorMetrics:
@@ -148,8 +151,11 @@ def create_app(
         metrics.policy_info.labels(config.policy_version).set_to_current_time()
 
     holder.subscribe(on_reload=on_reload, on_refused=lambda _problem: metrics.policy_refused.inc())
+    # faust's own default datadir is relative to the working directory.
+    datadir = config.data_dir or f"{config.app_id}-processors-data"
     app = faust.App(
         f"{config.app_id}-processors",
+        datadir=datadir,
         broker=[f"kafka://{b.strip()}" for b in bootstrap.split(",")],
         processing_guarantee="exactly_once",
         store="memory://",

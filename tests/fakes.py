@@ -170,5 +170,10 @@ class FakeReportPublisher:
         self.published.append(submitted)
         return submitted
 
+    async def publish_async(
+        self, report: object, intake_client: str, follow_up_of: str | None = None
+    ) -> object:
+        return self.publish(report, intake_client, follow_up_of)
+
     def ready(self) -> bool:
         return not self.fail

@@ -141,7 +141,7 @@ def create_app(
             metrics.requests.labels("unknown", "invalid").inc()
             return json_error(422, "the report is not valid", fields=field_reasons(exc))
         try:
-            submitted = await run_in_threadpool(publisher.publish, report, client)
+            submitted = await publisher.publish_async(report, client)
         except PublishError as exc:
             metrics.requests.labels(report.channel.value, "unavailable").inc()
             return json_error(503, f"report not stored, please retry: {exc}", retry=True)
@@ -188,7 +188,7 @@ def create_app(
                 render_form(language, form, form_errors(exc, language)), status_code=422
             )
         try:
-            submitted = await run_in_threadpool(publisher.publish, report, "web_form")
+            submitted = await publisher.publish_async(report, "web_form")
         except PublishError:
             metrics.requests.labels("web_form", "unavailable").inc()
             return HTMLResponse(render_form(language, form, unavailable=True), status_code=503)

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
 import uuid
 from datetime import UTC, datetime
+from typing import Any
 
+from fastapi.concurrency import run_in_threadpool
 from kafka import KafkaProducer
-from kafka.errors import KafkaError
+from kafka.errors import KafkaError, KafkaTimeoutError
 
 from schemas.actions import IncidentAction
 from schemas.ids import new_tracking_code
@@ -36,6 +39,9 @@ class _ConfirmedWriter:
         self._timeout_s = timeout_s
         self._producer: KafkaProducer | None = None
         self._lock = threading.Lock()
+        # Set once a write has been confirmed: the producer then knows the topic's partitions,
+        # and ``send`` only appends to its buffer, so the event loop may call it directly.
+        self._warm = False
 
     def _get(self) -> KafkaProducer:
         with self._lock:
@@ -56,6 +62,42 @@ class _ConfirmedWriter:
                     raise PublishError(f"cannot reach the broker: {type(exc).__name__}") from exc
             return self._producer
 
+    def _send(self, key: bytes, value: bytes) -> Any:
+        return self._get().send(self._topic, key=key, value=value)
+
+    def _confirm(self, key: bytes, value: bytes) -> None:
+        """Write and wait for the broker's acknowledgement, blocking this thread."""
+        self._send(key, value).get(timeout=self._timeout_s)
+        self._warm = True
+
+    async def _confirm_async(self, key: bytes, value: bytes) -> None:
+        """Write and wait for the broker's acknowledgement without holding a thread.
+
+        A thread per request waiting on ``future.get`` cost the intake more CPU in thread
+        hand-offs than the write itself; the producer's callbacks wake the event loop instead.
+        Until a first write is confirmed, ``send`` may block (connecting, fetching the topic's
+        partitions), so that one runs in the thread pool.
+        """
+        if not self._warm:
+            await run_in_threadpool(self._confirm, key, value)
+            return
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+
+        def succeeded(_: object) -> None:
+            loop.call_soon_threadsafe(_settle, done, None)
+
+        def failed(exc: BaseException) -> None:
+            loop.call_soon_threadsafe(_settle, done, exc)
+
+        future = self._send(key, value)
+        future.add_callback(succeeded)
+        future.add_errback(failed)
+        try:
+            await asyncio.wait_for(done, self._timeout_s)
+        except TimeoutError as exc:
+            raise KafkaTimeoutError("no acknowledgement in time") from exc
+
     def ready(self) -> bool:
         """True when the producer can see the topic's partitions."""
         try:
@@ -75,11 +117,9 @@ class ReportPublisher(_ConfirmedWriter):
     def __init__(self, bootstrap: str, topic_prefix: str = "", timeout_s: float = 10.0) -> None:
         super().__init__(bootstrap, REPORTS_SUBMITTED.name(topic_prefix), timeout_s)
 
-    def publish(
-        self, report: ReportIn, intake_client: str, follow_up_of: str | None = None
-    ) -> ReportSubmitted:
-        """``follow_up_of``: the incident a reporter adds this report to from the status page."""
-        submitted = ReportSubmitted(
+    @staticmethod
+    def _new(report: ReportIn, intake_client: str, follow_up_of: str | None) -> ReportSubmitted:
+        return ReportSubmitted(
             report_id=str(uuid.uuid4()),
             tracking_code=new_tracking_code(),
             received_at=datetime.now(UTC),
@@ -87,27 +127,49 @@ class ReportPublisher(_ConfirmedWriter):
             report=report,
             follow_up_of=follow_up_of,
         )
-        producer = self._get()
+
+    @staticmethod
+    def _record(submitted: ReportSubmitted) -> tuple[bytes, bytes]:
+        return submitted.report_id.encode("utf-8"), submitted.model_dump_json().encode("utf-8")
+
+    def publish(
+        self, report: ReportIn, intake_client: str, follow_up_of: str | None = None
+    ) -> ReportSubmitted:
+        """``follow_up_of``: the incident a reporter adds this report to from the status page."""
+        submitted = self._new(report, intake_client, follow_up_of)
         try:
-            future = producer.send(
-                self._topic,
-                key=submitted.report_id.encode("utf-8"),
-                value=submitted.model_dump_json().encode("utf-8"),
-            )
-            future.get(timeout=self._timeout_s)
+            self._confirm(*self._record(submitted))
         except KafkaError as exc:
-            log.error("report %s not stored: %s", submitted.report_id, type(exc).__name__)
-            raise PublishError(
-                f"the broker did not confirm the write: {type(exc).__name__}"
-            ) from exc
+            raise self._refused(submitted, exc) from exc
+        self._accepted(submitted)
+        return submitted
+
+    async def publish_async(
+        self, report: ReportIn, intake_client: str, follow_up_of: str | None = None
+    ) -> ReportSubmitted:
+        """``publish`` for the event loop: returns once the broker acknowledged the report."""
+        submitted = self._new(report, intake_client, follow_up_of)
+        try:
+            await self._confirm_async(*self._record(submitted))
+        except KafkaError as exc:
+            raise self._refused(submitted, exc) from exc
+        self._accepted(submitted)
+        return submitted
+
+    @staticmethod
+    def _refused(submitted: ReportSubmitted, exc: KafkaError) -> PublishError:
+        log.error("report %s not stored: %s", submitted.report_id, type(exc).__name__)
+        return PublishError(f"the broker did not confirm the write: {type(exc).__name__}")
+
+    @staticmethod
+    def _accepted(submitted: ReportSubmitted) -> None:
         log.info(
             "report %s accepted from %s (%s)%s",
             submitted.report_id,
-            intake_client,
-            report.channel,
-            f", adding to incident {follow_up_of}" if follow_up_of else "",
+            submitted.intake_client,
+            submitted.report.channel,
+            f", adding to incident {submitted.follow_up_of}" if submitted.follow_up_of else "",
         )
-        return submitted
 
 
 class ActionPublisher(_ConfirmedWriter):
@@ -123,14 +185,10 @@ class ActionPublisher(_ConfirmedWriter):
         super().__init__(bootstrap, INCIDENTS_ACTIONS.name(topic_prefix), timeout_s)
 
     def publish(self, action: IncidentAction) -> None:
-        producer = self._get()
         try:
-            future = producer.send(
-                self._topic,
-                key=action.incident_id.encode("utf-8"),
-                value=action.model_dump_json().encode("utf-8"),
+            self._confirm(
+                action.incident_id.encode("utf-8"), action.model_dump_json().encode("utf-8")
             )
-            future.get(timeout=self._timeout_s)
         except KafkaError as exc:
             log.error(
                 "action %s on incident %s not stored: %s",
@@ -150,3 +208,12 @@ class ActionPublisher(_ConfirmedWriter):
             action.tier,
             action.via,
         )
+
+
+def _settle(done: asyncio.Future[None], exc: BaseException | None) -> None:
+    if done.done():  # the request already timed out and answered 503
+        return
+    if exc is None:
+        done.set_result(None)
+    else:
+        done.set_exception(exc)

@@ -6,8 +6,10 @@ client usually holds a whole /64 and can pick any address in it, so IPv6 is limi
 
 The address is the one uvicorn reports; behind a reverse proxy, uvicorn's proxy-header handling
 (``--forwarded-allow-ips``) must be set so that it is the reporter's and not the proxy's.
-The default storage is this process's memory: with several intake processes behind a balancer,
-each counts alone, so give them a shared storage (``redis://…``) to make the limit global.
+The default storage is this process's memory: several intake processes (``intake_workers``, or
+replicas behind a balancer) then each count alone. Either give each its share of the limit
+(``share_of_rate``, what the composition root does for its own workers) or give them a shared
+storage (``redis://…``) to make the limit global.
 """
 
 from __future__ import annotations
@@ -23,6 +25,15 @@ from limits.strategies import MovingWindowRateLimiter
 #: Default per-address limits: a reporter checks a few times; a guesser needs 2^40 tries.
 LOOKUP_RATE = "30/minute"
 FOLLOW_UP_RATE = "10/hour"
+
+
+def share_of_rate(rate: str, processes: int) -> str:
+    """``rate`` ("30/minute") divided among ``processes`` that count alone, at least 1 each.
+
+    An address then never gets more than the whole limit, whichever processes it reaches.
+    """
+    item = parse(rate)
+    return f"{max(1, item.amount // processes)}/{item.multiples} {item.GRANULARITY.name}"
 
 
 def client_key(host: str | None) -> str:

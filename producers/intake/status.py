@@ -23,7 +23,6 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from fastapi import FastAPI, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import BaseModel, ValidationError
@@ -270,8 +269,7 @@ def add_status_routes(
             reports.labels("unknown", "invalid").inc()
             return json_error(422, "the addition is not valid", fields=reasons)
         try:
-            submitted = await run_in_threadpool(
-                desk.publisher.publish,
+            submitted = await desk.publisher.publish_async(
                 report,
                 FOLLOW_UP_API_CLIENT,
                 follow_up_of=found.incident_id,
@@ -350,8 +348,8 @@ def add_status_routes(
             problems = form_errors(exc, language, labels)
             return html(render_status(language, found, form, problems), 422)
         try:
-            submitted = await run_in_threadpool(
-                desk.publisher.publish, report, "web_form", follow_up_of=found.incident_id
+            submitted = await desk.publisher.publish_async(
+                report, "web_form", follow_up_of=found.incident_id
             )
         except PublishError:
             reports.labels("web_form", "unavailable").inc()

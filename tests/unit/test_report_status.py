@@ -25,7 +25,7 @@ from producers.intake.incidents import (
     normalise_tracking_code,
     status_of,
 )
-from producers.intake.ratelimit import client_key
+from producers.intake.ratelimit import ClientLimiter, client_key, share_of_rate
 from producers.intake.status import LOOKUP_OUTCOMES
 from schemas.common import Tier
 from schemas.escalation import EscalationState, ReviewState
@@ -246,6 +246,23 @@ def test_codes_not_yet_in_a_state_are_bounded_oldest_first() -> None:
 )
 def test_clients_are_keyed_by_address_and_ipv6_by_64(host: str | None, key: str) -> None:
     assert client_key(host) == key
+
+
+@pytest.mark.parametrize(
+    ("rate", "processes", "share"),
+    [
+        ("30/minute", 1, "30 per 1 minute"),
+        ("30/minute", 4, "7 per 1 minute"),
+        ("10/hour", 3, "3 per 1 hour"),
+        ("5/10 minutes", 2, "2 per 10 minute"),
+        ("3/hour", 8, "1 per 1 hour"),  # never none at all: a reporter can still look once
+    ],
+)
+def test_intake_processes_counting_alone_each_get_a_share_of_the_limit(
+    rate: str, processes: int, share: str
+) -> None:
+    shared = share_of_rate(rate, processes)
+    assert ClientLimiter("lookups", shared).rate == share
 
 
 # ---- the app ----
