@@ -17,6 +17,8 @@ A benchmark, not a test: numbers depend on the machine and what else runs on it.
 from __future__ import annotations
 
 import argparse
+import itertools
+import json
 import os
 import signal
 import socket
@@ -51,6 +53,7 @@ def free_port() -> int:
 class Inbox:
     def __init__(self) -> None:
         self.first_seen: dict[str, float] = {}
+        self.first_seen_wall: dict[str, float] = {}
         self.lock = threading.Lock()
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
@@ -60,6 +63,7 @@ class Inbox:
                 incident = line.split(b":", 1)[1].strip().decode()
                 with self.lock:
                     self.first_seen.setdefault(incident, now)
+                    self.first_seen_wall.setdefault(incident, time.time())
                 break
         return "250 OK"
 
@@ -67,6 +71,54 @@ class Inbox:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+HOPS = (
+    ("reports.submitted.v1", "submitted"),
+    ("reports.classified.v1", "classified"),
+    ("incidents.classified.v1", "incident opened"),
+    ("notifications.urgent.v1", "notice requested"),
+    ("notifications.requested.v1", "notice requested"),
+)
+
+
+def hop_times(bootstrap: str, prefix: str) -> dict[str, dict[str, float]]:
+    """When each incident's first record reached each topic (the producers' CreateTime, s).
+
+    The difference between two stages is the later stage's wait for the earlier one's
+    transaction to commit, its fetch and its own work: where the latency goes, hop by hop.
+    """
+    from kafka import KafkaConsumer
+
+    seen: dict[str, dict[str, float]] = {}
+    for topic, stage in HOPS:
+        consumer = KafkaConsumer(
+            f"{prefix}{topic}",
+            bootstrap_servers=bootstrap,
+            auto_offset_reset="earliest",
+            consumer_timeout_ms=3000,
+        )
+        for record in consumer:
+            value = json.loads(record.value)
+            incident = value.get("incident_id") or f"inc-{value.get('report_id')}"
+            at = seen.setdefault(incident, {})
+            at[stage] = min(at.get(stage, float("inf")), record.timestamp / 1000)
+        consumer.close()
+    return seen
+
+
+def print_hops(seen: dict[str, dict[str, float]], mailed: dict[str, float]) -> None:
+    stages = ["submitted", "classified", "incident opened", "notice requested", "mailed"]
+    for incident, at in seen.items():
+        if incident in mailed:
+            at["mailed"] = mailed[incident]
+    for earlier, later in itertools.pairwise(stages):
+        gaps = [at[later] - at[earlier] for at in seen.values() if earlier in at and later in at]
+        if gaps:
+            print(
+                f"  {earlier:>16s} -> {later:16s} p50 {statistics.median(gaps) * 1000:7.1f} ms"
+                f"   p99 {percentile(gaps, 0.99) * 1000:7.1f} ms   ({len(gaps)})"
+            )
 
 
 def main() -> int:
@@ -113,6 +165,30 @@ def main() -> int:
                 return 1
             time.sleep(0.5)
         base = f"http://127.0.0.1:{http_port}"
+        # "ready" means the intake answers; the state workers may still be taking their
+        # partitions over. Wait until a few reports have gone all the way through.
+        warm: list[str] = []
+        with httpx.Client(timeout=30) as client:
+            for i in range(3):
+                body = {
+                    "channel": "app",
+                    "reporter_role": "teacher",
+                    "school_code": f"HN-WARM-{i:05d}",
+                    "description": DESCRIPTIONS[i % len(DESCRIPTIONS)],
+                }
+                resp = client.post(f"{base}/v1/reports", json=body, headers={"X-API-Key": key})
+                resp.raise_for_status()
+                warm.append(f"inc-{resp.json()['report_id']}")
+        deadline = time.monotonic() + 180
+        while not all(i in inbox.first_seen for i in warm):
+            if time.monotonic() > deadline:
+                print("the warm-up reports were never mailed", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+        with inbox.lock:
+            for i in warm:
+                inbox.first_seen.pop(i, None)
+                inbox.first_seen_wall.pop(i, None)
         sent: dict[str, float] = {}
         accept_s: list[float] = []
         with httpx.Client(timeout=30) as client:
@@ -149,6 +225,11 @@ def main() -> int:
                     f"p99 {percentile(values, 0.99) * 1000:7.1f} ms   "
                     f"max {max(values) * 1000:7.1f} ms"
                 )
+        bootstrap = env.get("ESCALATE_KAFKA_BOOTSTRAP_SERVERS") or "127.0.0.1:9092"
+        print("hop by hop (record timestamps; mail: the sink's clock):")
+        with inbox.lock:
+            mailed = dict(inbox.first_seen_wall)
+        print_hops(hop_times(bootstrap, f"{run_id}."), mailed)
         return 0 if missing == 0 else 1
     finally:
         proc.send_signal(signal.SIGINT)
