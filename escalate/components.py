@@ -202,12 +202,14 @@ def run_processors(settings: Settings) -> int:
     bootstrap = require_bootstrap(settings)
     _serve_metrics(settings, "processors")
     holder = ConfigHolder(settings.policy_file, settings.directory_file, model=load_model(settings))
+    data_dir = settings.var_dir / "processors"
+    data_dir.mkdir(parents=True, exist_ok=True)  # faust creates only the last level
     config = ProcessorConfig(
         app_id=settings.app_id,
         topic_prefix=settings.topic_prefix,
         commit_every=settings.processors_commit_every,
         commit_interval_s=settings.processors_commit_interval_s,
-        data_dir=str(settings.var_dir / "processors"),
+        data_dir=str(data_dir),
     )
     app = create_app(config, bootstrap, holder, REGISTRY)
     worker = faust.Worker(app, loglevel="WARNING", quiet=True)

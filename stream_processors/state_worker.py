@@ -28,10 +28,12 @@ escalator, the grouper) says what the state is and what one record or one deadli
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Generic, Protocol, TypeVar
@@ -79,6 +81,60 @@ class WorkerOptions:
     #: instead of waiting for the group to notice the old one is gone
     instance_id: str | None = None
     restore_timeout_s: float = 60.0
+    #: longest a transaction may take before the process gives up (see ``Watchdog``)
+    transaction_timeout_s: float = 120.0
+
+
+#: exit status of a worker whose transaction hung (EX_TEMPFAIL: try again)
+EXIT_STUCK = 75
+
+
+def _exit_stuck(log: logging.Logger, what: str) -> None:
+    log.critical("%s has not returned; exiting so a fresh process takes over", what)
+    logging.shutdown()
+    os._exit(EXIT_STUCK)
+
+
+class Watchdog:
+    """Ends the process when a guarded call outlives its limit.
+
+    kafka-python's transaction calls (``send_offsets_to_transaction``, ``commit_transaction``,
+    ``abort_transaction``) wait without a timeout. With the coordinator gone for good they
+    never return, and the worker sits on its partitions doing nothing (seen when a test's
+    cluster was torn down under a running escalator). Exiting hands the partitions to the
+    group; the next process's ``init_transactions`` fences this one's transactional ids and
+    aborts what it left open. ``escalate up`` stops the pipeline when a component exits, and
+    an orchestrator restarts it.
+    """
+
+    def __init__(self, limit_s: float, on_stuck: Callable[[str], None]) -> None:
+        self._limit_s = limit_s
+        self._on_stuck = on_stuck
+        self._lock = threading.Lock()
+        self._guarding: tuple[str, float] | None = None
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def guard(self, what: str) -> Iterator[None]:
+        with self._lock:
+            self._guarding = (what, time.monotonic())
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._watch, name="watchdog", daemon=True)
+                self._thread.start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._guarding = None
+
+    def _watch(self) -> None:
+        while True:
+            time.sleep(min(1.0, self._limit_s / 4))
+            with self._lock:
+                guarding = self._guarding
+            if guarding is not None and time.monotonic() - guarding[1] > self._limit_s:
+                self._on_stuck(guarding[0])
+                return
 
 
 class Unusable(Exception):
@@ -169,6 +225,7 @@ class StateWorker(Generic[S]):
         restore_seconds: Histogram,
         registry: CollectorRegistry = REGISTRY,
         clock: Callable[[], datetime] = utcnow,
+        on_stuck: Callable[[str], None] | None = None,
     ) -> None:
         self.options = options
         self.clock = clock
@@ -177,6 +234,9 @@ class StateWorker(Generic[S]):
         self.restore_seconds = restore_seconds
         self.dead_letters = DeadLetters(options.stage, registry)
         self.log = logging.getLogger(f"escalate.{options.stage}")
+        self.watchdog = Watchdog(
+            options.transaction_timeout_s, on_stuck or (lambda what: _exit_stuck(self.log, what))
+        )
         # Per owned partition: its transactional producer and its committed states.
         self.producers: dict[int, Any] = {}
         self.states: dict[int, dict[str, S]] = {}
@@ -301,6 +361,25 @@ class StateWorker(Generic[S]):
     ) -> None:
         """One transaction on partition p's producer: outputs, states, consumed offsets."""
         producer = self.producers[p]
+        with self.watchdog.guard(f"the transaction on partition {p}"):
+            self._transact(producer, p, changed, out, offsets)
+        # Only what the broker committed becomes the state later transactions build on.
+        held = self.states[p]
+        for state_key, state in changed.items():
+            if state is None:
+                held.pop(state_key, None)
+            else:
+                held[state_key] = state
+        self._stuck.get(p, set()).difference_update(changed)
+
+    def _transact(
+        self,
+        producer: Any,
+        p: int,
+        changed: Mapping[str, S | None],
+        out: Sequence[Output],
+        offsets: dict[Any, Any] | None,
+    ) -> None:
         producer.begin_transaction()
         try:
             for topic, key, model in out:
@@ -321,14 +400,6 @@ class StateWorker(Generic[S]):
             except Exception:  # already fenced or broken: the next owner aborts for us
                 self.log.warning("abort of partition %d's transaction failed", p)
             raise
-        # Only what the broker committed becomes the state later transactions build on.
-        held = self.states[p]
-        for state_key, state in changed.items():
-            if state is None:
-                held.pop(state_key, None)
-            else:
-                held[state_key] = state
-        self._stuck.get(p, set()).difference_update(changed)
 
     def _handle(
         self, p: int, records: Iterable[SourceRecord], work: Work[S], now: datetime

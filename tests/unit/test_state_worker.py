@@ -8,6 +8,8 @@ Fencing, restore on takeover and the transaction itself are proven on the real b
 from __future__ import annotations
 
 import json
+import threading
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -30,6 +32,7 @@ from stream_processors.state_worker import (
     Output,
     StateWorker,
     Unusable,
+    Watchdog,
     Work,
     WorkerOptions,
     by_partition,
@@ -250,6 +253,30 @@ def test_a_failed_commit_aborts_and_leaves_the_held_state_as_it_was(worker: Coun
         worker._commit(0, work.changed, out, None)
     assert producer.log == ["begin", "abort"]
     assert worker.states[0] == {"a": Tally(key="a", count=2)}
+
+
+def test_a_transaction_that_never_returns_ends_the_worker_and_a_quick_one_does_not() -> None:
+    """kafka-python's commit waits without a timeout; the watchdog gives up for it."""
+    stuck: list[str] = []
+    released = threading.Event()
+    watchdog = Watchdog(0.3, stuck.append)
+    with watchdog.guard("quick"):
+        pass
+    time.sleep(0.6)
+    assert stuck == []
+
+    class Hanging(FakeProducer):
+        def commit_transaction(self) -> None:
+            released.wait(5)  # a coordinator that never answers, until the test lets go
+
+    w = Counting(CollectorRegistry())
+    w.states[0] = {}
+    w.watchdog = Watchdog(0.3, stuck.append)
+    w.producers[0] = Hanging()
+    threading.Timer(2.0, released.set).start()
+    w._commit(0, {}, [], None)
+    # Seen while the commit still hung (in a worker, the process would have exited there).
+    assert stuck == ["the transaction on partition 0"]
 
 
 # ---- deadlines -------------------------------------------------------------------------------
