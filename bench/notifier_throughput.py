@@ -1,4 +1,5 @@
-"""Mails per second through one notifier: reused SMTP connections and concurrent delivery.
+"""Mails per second through the notifier: reused SMTP connections, concurrent delivery, and
+one notifier process against two.
 
 Publishes ``--requests`` distinct NotificationRequests to a fresh prefix's
 ``notifications.requested.v1``, runs a Notifier in a thread of this process against a local
@@ -9,34 +10,56 @@ group's join is left out). Then the same with concurrency 1, for comparison.
     ESCALATE_TEST_KAFKA_PORT=59192 .venv/bin/python bench/notifier_throughput.py \
         --concurrency 8 1 16 --sink-process
 
+``--processes 1 2`` runs the notifier as that many processes of its own instead (one consumer
+group; the topic gets ``--partitions`` partitions, 4 by default, so two processes take two
+each; the sink in its own process), once per count, and reports mails/s for each, with the CPU
+the notifiers and the sink used. The requests are published once every process holds its
+partitions, so no rebalance falls in the measure, in one transaction, so they all become
+visible at once, as after a burst.
+
+    ESCALATE_TEST_KAFKA_PORT=59192 .venv/bin/python bench/notifier_throughput.py \
+        --concurrency 8 --processes 1 2 --requests 2000
+
+``--render legacy wire`` repeats every measure with the notifier building an EmailMessage that
+aiosmtplib flattens at each attempt (how mails were rendered before issue 11's change: ``legacy``)
+and with the mail rendered to its bytes once (``wire``, the default), interleaved, so both are
+measured under the same load.
+
 Uses the test broker (tests/services/kafka.py: started on the test port when nothing answers
-there). By default the sink shares this process, and so its interpreter lock, with the
-notifier; ``--sink-process`` runs it in a process of its own, as a real relay would be. Figures
-are for comparing settings on one machine, not absolute capacity.
+there; ESCALATE_KAFKA_BOOTSTRAP_SERVERS names another). By default the sink shares this process,
+and so its interpreter lock, with the notifier; ``--sink-process`` runs it in a process of its
+own, as a real relay would be. Figures are for comparing settings on one machine, not absolute
+capacity.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiosmtpd.controller import Controller
 from kafka import KafkaProducer
+from kafka.admin import KafkaAdminClient
+from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from consumers.notifier import worker as notifier_worker  # noqa: E402
+from consumers.notifier.render import email_message, render_email  # noqa: E402
 from consumers.notifier.retry import RetryPolicy  # noqa: E402
 from consumers.notifier.sender import SmtpConfig  # noqa: E402
 from consumers.notifier.worker import Notifier, NotifierConfig  # noqa: E402
-from escalate.topics_admin import ensure_topics  # noqa: E402
+from escalate.topics_admin import TopicLayout, ensure_topics  # noqa: E402
 from schemas.common import Category, Severity  # noqa: E402
 from schemas.ids import notification_id  # noqa: E402
 from schemas.topics import NOTIFICATIONS_REQUESTED  # noqa: E402
@@ -103,8 +126,9 @@ class SinkProcess:
         self.proc.wait(timeout=30)
 
 
-def publish(bootstrap: str, topic: str, n: int, run: str) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=5)
+def requests(n: int, run: str) -> list[tuple[bytes, bytes]]:
+    """``n`` distinct requests (key, value), each its own incident and recipient."""
+    out = []
     for i in range(n):
         incident = f"inc-{run}-{i}"
         email = f"r{i}@bd.example"
@@ -115,9 +139,57 @@ def publish(bootstrap: str, topic: str, n: int, run: str) -> None:
             severity=Severity.high,
             category=Category.cyberbullying,
         )
-        producer.send(topic, key=incident.encode(), value=req.model_dump_json().encode())
+        out.append((incident.encode(), req.model_dump_json().encode()))
+    return out
+
+
+def publish(
+    bootstrap: str, topic: str, records: list[tuple[bytes, bytes]], *, all_at_once: bool = False
+) -> None:
+    """Publish the requests. ``all_at_once``: in one transaction, so the notifiers (which read
+    committed records only) see them all at the same moment, as after a burst, instead of
+    taking them in small batches as they arrive."""
+    producer = KafkaProducer(
+        bootstrap_servers=bootstrap,
+        acks="all",
+        linger_ms=5,
+        **({"transactional_id": f"bench-{uuid.uuid4().hex}"} if all_at_once else {}),
+    )
+    if all_at_once:
+        producer.init_transactions()
+        producer.begin_transaction()
+    for key, value in records:
+        producer.send(topic, key=key, value=value)
+    if all_at_once:
+        producer.commit_transaction()
     producer.flush()
     producer.close()
+
+
+RENDERERS = {"wire": render_email, "legacy": email_message}
+
+
+def use_renderer(name: str) -> None:
+    """``wire``: the mail rendered to bytes once (the notifier's own); ``legacy``: an
+    EmailMessage, which the sender hands to aiosmtplib's send_message to flatten, as before."""
+    notifier_worker.render_email = RENDERERS[name]  # type: ignore[attr-defined,assignment]
+
+
+def notifier_config(port: int, prefix: str, app_id: str, concurrency: int) -> NotifierConfig:
+    return NotifierConfig(
+        smtp=SmtpConfig(host="127.0.0.1", port=port, timeout_s=10),
+        retry=RetryPolicy(max_attempts=3, backoff_s=0.1),
+        topic_prefix=prefix,
+        app_id=app_id,
+        concurrency=concurrency,
+    )
+
+
+def rate(times: list[float]) -> float:
+    """Mails per second from the sink's first mail to its last."""
+    if len(times) < 2:
+        return 0.0
+    return (len(times) - 1) / (times[-1] - times[0])
 
 
 def measure(
@@ -127,11 +199,13 @@ def measure(
     timeout_s: float,
     sink_process: bool = False,
     delay_ms: float = 0.0,
+    renderer: str = "wire",
 ) -> tuple[float, int]:
+    use_renderer(renderer)
     run = uuid.uuid4().hex[:8]
     prefix = f"bench-{run}."
     ensure_topics(bootstrap, prefix)
-    publish(bootstrap, NOTIFICATIONS_REQUESTED.name(prefix), n, run)
+    publish(bootstrap, NOTIFICATIONS_REQUESTED.name(prefix), requests(n, run))
     port = free_port()
     sink: CountingSink | SinkProcess
     if sink_process or delay_ms:
@@ -142,13 +216,7 @@ def measure(
         controller = Controller(sink, hostname="127.0.0.1", port=port)
         controller.start()
         stop_sink = controller.stop
-    config = NotifierConfig(
-        smtp=SmtpConfig(host="127.0.0.1", port=port, timeout_s=10),
-        retry=RetryPolicy(max_attempts=3, backoff_s=0.1),
-        topic_prefix=prefix,
-        app_id=f"bench-{run}",
-        concurrency=concurrency,
-    )
+    config = notifier_config(port, prefix, f"bench-{run}", concurrency)
     notifier = Notifier(config, registry=CollectorRegistry())
     stop = threading.Event()
     thread = threading.Thread(target=notifier.run, args=(bootstrap, stop), daemon=True)
@@ -161,10 +229,119 @@ def measure(
         stop.set()
         thread.join(timeout=60)
         stop_sink()
-    got = len(sink.times)
-    if got < 2:
-        return 0.0, len(sink.peers)
-    return (got - 1) / (sink.times[got - 1] - sink.times[0]), len(sink.peers)
+    return rate(sink.times[:n]), len(sink.peers)
+
+
+# ---- the notifier as processes of its own ----
+
+
+def group_members(bootstrap: str, group: str) -> int:
+    """Members of a consumer group once it is stable (0 while it forms or rebalances)."""
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="bench-admin")
+    try:
+        found = admin.describe_groups([group])[group]
+    except KafkaError:  # the group's coordinator is still being chosen
+        return 0
+    finally:
+        admin.close()
+    stable = str(found.get("group_state") or found.get("state")) == "Stable"
+    return len(found.get("members") or []) if stable else 0
+
+
+def worker_main(args: argparse.Namespace) -> None:
+    """One notifier process (``--worker``): runs until its standard input closes."""
+    use_renderer(args.render[0])
+    config = notifier_config(args.smtp_port, args.prefix, args.app_id, args.concurrency[0])
+    notifier = Notifier(config, registry=CollectorRegistry())
+    stop = threading.Event()
+    thread = threading.Thread(target=notifier.run, args=(args.bootstrap, stop), daemon=True)
+    thread.start()
+    sys.stdin.read()
+    stop.set()
+    thread.join(timeout=60)
+
+
+def cpu_seconds(pid: int) -> float | None:
+    """User and system CPU time a process has used so far (Linux /proc; None elsewhere)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class Usage:
+    """CPU the processes used from the publishing of the requests to the last mail."""
+
+    notifier_ms_per_mail: float  # all notifier processes together
+    notifier_cores: float  # all notifier processes together, in cores (1.0: one core busy)
+    sink_cores: float
+
+    def __str__(self) -> str:
+        return (
+            f"notifier CPU {self.notifier_ms_per_mail:.2f} ms/mail,"
+            f" notifiers {self.notifier_cores:.2f} cores, sink {self.sink_cores:.2f} cores"
+        )
+
+
+def measure_processes(
+    bootstrap: str,
+    n: int,
+    processes: int,
+    concurrency: int,
+    partitions: int,
+    timeout_s: float,
+    delay_ms: float = 0.0,
+    renderer: str = "wire",
+) -> tuple[float, int, Usage | None]:
+    """Mails/s of ``processes`` notifier processes in one group (the sink in its own process),
+    and the CPU they and the sink used (Linux). CPU per mail depends far less on how busy the
+    machine is than a rate does; a sink near one core busy is the limit, not the notifiers."""
+    run = uuid.uuid4().hex[:8]
+    prefix, app_id = f"bench-{run}.", f"bench-{run}"
+    ensure_topics(bootstrap, prefix, TopicLayout(partitions=partitions))
+    records = requests(n, run)
+    port = free_port()
+    sink = SinkProcess(port, delay_ms / 1000)
+    command = [sys.executable, __file__, "--worker", "--bootstrap", bootstrap]
+    command += ["--prefix", prefix, "--app-id", app_id, "--smtp-port", str(port)]
+    command += ["--concurrency", str(concurrency), "--render", renderer]
+    workers = [subprocess.Popen(command, stdin=subprocess.PIPE) for _ in range(processes)]
+    try:
+        deadline = time.monotonic() + 120
+        while group_members(bootstrap, f"{app_id}-notifier") != processes:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the {processes} notifier(s) did not form a stable group")
+            time.sleep(0.25)
+        pids = [w.pid for w in workers] + [sink.proc.pid]
+        started, t0 = [cpu_seconds(pid) for pid in pids], time.monotonic()
+        publish(bootstrap, NOTIFICATIONS_REQUESTED.name(prefix), records, all_at_once=True)
+        deadline = time.monotonic() + timeout_s
+        while len(sink.times) < n and time.monotonic() < deadline:
+            time.sleep(0.1)
+        ended, wall = [cpu_seconds(pid) for pid in pids], time.monotonic() - t0
+        used = [
+            e - s for s, e in zip(started, ended, strict=True) if s is not None and e is not None
+        ]
+        usage = None
+        if sink.times and len(used) == len(pids):
+            usage = Usage(
+                1000 * sum(used[:-1]) / len(sink.times), sum(used[:-1]) / wall, used[-1] / wall
+            )
+    finally:
+        for worker in workers:
+            assert worker.stdin is not None
+            worker.stdin.close()
+        for worker in workers:
+            try:
+                worker.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                worker.kill()
+                worker.wait()
+        sink.stop()
+    return rate(sink.times[:n]), len(sink.peers), usage
 
 
 def main() -> None:
@@ -179,22 +356,67 @@ def main() -> None:
         default=0.0,
         help="the separate sink answers DATA this late, like a relay that scans mail",
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        nargs="+",
+        help="run the notifier as this many processes of its own (one group), e.g. 1 2",
+    )
+    parser.add_argument("--partitions", type=int, default=4, help="with --processes")
+    parser.add_argument(
+        "--render",
+        choices=sorted(RENDERERS),
+        nargs="+",
+        default=["wire"],
+        help="wire: rendered to bytes once; legacy: an EmailMessage flattened per attempt",
+    )
+    parser.add_argument("--rounds", type=int, default=1, help="repeat every measure")
+    # A notifier process of --processes (internal).
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--bootstrap", help=argparse.SUPPRESS)
+    parser.add_argument("--prefix", help=argparse.SUPPRESS)
+    parser.add_argument("--app-id", help=argparse.SUPPRESS)
+    parser.add_argument("--smtp-port", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.worker:
+        worker_main(args)
+        return
     bootstrap = broker_for_tests()
-    for concurrency in args.concurrency:
-        rate, connections = measure(
-            bootstrap,
-            args.requests,
-            concurrency,
-            args.timeout,
-            args.sink_process,
-            args.relay_delay_ms,
-        )
-        print(
-            f"concurrency {concurrency:>2}: {rate:7.1f} mails/s"
-            f" ({args.requests} requests, {connections} SMTP connections)",
-            flush=True,
-        )
+    for round_ in range(1, args.rounds + 1):
+        for concurrency in args.concurrency:
+            for renderer in args.render:
+                for processes in args.processes or [0]:
+                    usage: Usage | None = None
+                    if processes:
+                        rate_, connections, usage = measure_processes(
+                            bootstrap,
+                            args.requests,
+                            processes,
+                            concurrency,
+                            args.partitions,
+                            args.timeout,
+                            args.relay_delay_ms,
+                            renderer,
+                        )
+                        how = f"{processes} process{'es' if processes > 1 else ''}, "
+                    else:
+                        rate_, connections = measure(
+                            bootstrap,
+                            args.requests,
+                            concurrency,
+                            args.timeout,
+                            args.sink_process,
+                            args.relay_delay_ms,
+                            renderer,
+                        )
+                        how = ""
+                    cpu = "" if usage is None else f"; {usage}"
+                    print(
+                        f"round {round_} render {renderer:<6} {how}concurrency {concurrency:>2}:"
+                        f" {rate_:7.1f} mails/s ({args.requests} requests,"
+                        f" {connections} SMTP connections{cpu})",
+                        flush=True,
+                    )
 
 
 if __name__ == "__main__":

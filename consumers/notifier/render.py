@@ -11,15 +11,21 @@ control characters escaped, so it can never fake a line of its own ("Severity: L
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import re
 import unicodedata
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
 from email import policy as email_policy
+from email import quoprimime
 from email.errors import MessageError
-from email.headerregistry import Address
+from email.headerregistry import Address, AddressHeader
 from email.message import EmailMessage
 from email.utils import format_datetime
+from functools import lru_cache, partial
+from typing import Any
 
 from schemas.common import Severity, Tier
 from schemas.notifications import NotificationKind, NotificationRequest
@@ -76,12 +82,18 @@ def _unsafe(char: str, keep: str) -> bool:
 
 def _inline(text: str) -> str:
     """A value for a line of its own: every line break and control character shown escaped."""
+    # Printable text (the usual case) has no control, separator, surrogate or bidi character
+    # (bidi controls are format characters, which are not printable): nothing to escape.
+    if text.isprintable():
+        return text
     return "".join(_escape(c) if _unsafe(c, "") else c for c in text)
 
 
 def _block(text: str) -> str:
     """Free text (the report): its own line breaks and tabs kept, other controls escaped."""
     text = text.replace("\r\n", "\n")
+    if text.replace("\n", "").replace("\t", "").isprintable():
+        return text
     return "".join(_escape(c) if _unsafe(c, "\n\t") else c for c in text)
 
 
@@ -332,7 +344,364 @@ def _address(name: str, email: str) -> Address | str:
         return email
 
 
+# The policy of the EmailMessage (``email_message``): its own ``as_bytes()`` leaves headers up to
+# RFC 5322's hard limit unfolded. On the wire aiosmtplib flattened it with WIRE_POLICY (below),
+# folding at 78 columns, where CPython lost the space before an encoded word that starts a
+# continuation line ("THPT Yên Hòa" arrived as "THPTYên Hòa"); render_email's own folding
+# does not.
 MAIL_POLICY = email_policy.default.clone(max_line_length=998)
+
+
+def _headers(req: NotificationRequest, now: datetime | None) -> list[tuple[str, str]]:
+    """The headers after From and To, in the order they are set, with the values the standard
+    library is (and was) given for them."""
+    after = [("Subject", render_subject(req)), ("Message-ID", message_id_for(req))]
+    if now is not None:
+        after.append(("Date", format_datetime(now if now.tzinfo else now.replace(tzinfo=UTC))))
+    after += [
+        ("Auto-Submitted", "auto-generated"),
+        ("X-Escalate-Incident", _one_line(req.incident_id)),
+        ("X-Escalate-Step", str(req.step)),
+        ("X-Escalate-Severity", req.severity.value),
+        ("X-Escalate-Notification-Id", _one_line(req.notification_id)),
+    ]
+    if req.severity is Severity.critical or req.immediate_danger:
+        after += [("Importance", "high"), ("X-Priority", "1")]
+    after.append(("X-Escalate-Kind", req.kind.value))
+    return after
+
+
+def email_message(
+    req: NotificationRequest,
+    sender: str,
+    *,
+    now: datetime | None = None,
+    action_url: str | None = None,
+    body: str | None = None,
+) -> EmailMessage:
+    """The notification as an ``EmailMessage`` built by the standard library, header by header:
+    what ``render_email`` returned before it rendered to bytes. Kept for reading a mail (tests,
+    tools), for the relay that needs it flattened otherwise (no 8BITMIME, or SMTPUTF8), and as
+    the reference the wire form is tested against (tests/unit/test_render_wire.py)."""
+    msg = EmailMessage(policy=MAIL_POLICY)
+    msg["From"] = sender
+    msg["To"] = _address(req.recipient.name, req.recipient.email)
+    for name, value in _headers(req, now):
+        msg[name] = value
+    text = render_body(req, action_url) if body is None else body
+    msg.set_content(text, charset="utf-8")
+    return msg
+
+
+# ---- the wire form ----
+#
+# aiosmtplib's send_message flattens an EmailMessage with email.policy.SMTP (CRLF line ends,
+# headers folded at 78 columns, RFC 2047 encoded words for non-ASCII) and hands the bytes to
+# sendmail. The standard library parses each header when it is set and again when it is folded:
+# that was about 70% of the notifier's time per mail (docs/PERFORMANCE.md). A notification's
+# headers come in few shapes (words of printable text, one mailbox), so those are encoded here
+# directly and the mail is rendered to its bytes once; a value of any other shape is set and
+# folded by the standard library exactly as before. tests/unit/test_render_wire.py holds the
+# two to identical decoded headers, envelope and body bytes.
+
+WIRE_POLICY = email_policy.SMTP
+WIRE_MAX_LINE = 78  # WIRE_POLICY.max_line_length: RFC 5322's "should"
+HARD_MAX_LINE = 998  # RFC 5322's "must"
+_EW_OPEN = "=?utf-8?b?"
+_EW_CLOSE = "?="
+_EW_OVERHEAD = len(_EW_OPEN) + len(_EW_CLOSE)
+_EW_MAX_B64 = (75 - _EW_OVERHEAD) // 4 * 4  # RFC 2047: an encoded word is at most 75 long
+_PLAIN_MAILBOX = re.compile(
+    r"[A-Za-z0-9_%+-]+(?:\.[A-Za-z0-9_%+-]+)*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*"
+)
+_NEWLINES = re.compile(r"\r\n|\r|\n")
+CRLF = b"\r\n"
+
+
+def _utf8_len(char: str) -> int:
+    code = ord(char)
+    return 1 if code < 0x80 else 2 if code < 0x800 else 3 if code < 0x10000 else 4
+
+
+def _encoded_word(text: str) -> str:
+    return _EW_OPEN + base64.b64encode(text.encode("utf-8")).decode("ascii") + _EW_CLOSE
+
+
+class _Field:
+    """One header field laid out on lines of at most 78 characters, broken only at the spaces
+    between tokens (an ASCII word, an encoded word, an angle address): unfolding gives back the
+    tokens with one space between each."""
+
+    def __init__(self, name: str) -> None:
+        self.lines: list[str] = []
+        self.line = name + ":"
+        self.empty = True
+
+    def fits(self, token: str) -> bool:
+        """Whether ``token`` goes on the current line, or (after the first) on a line of its own."""
+        return len(self.line) + 1 + len(token) <= WIRE_MAX_LINE or (
+            not self.empty and 1 + len(token) <= WIRE_MAX_LINE
+        )
+
+    def put(self, token: str) -> None:
+        if self.line and (self.empty or len(self.line) + 1 + len(token) <= WIRE_MAX_LINE):
+            self.line += " " + token
+        else:
+            if self.line:
+                self.lines.append(self.line)
+            self.line = " " + token
+        self.empty = False
+
+    def encode(self, text: str) -> None:
+        """``text`` (non-empty) as RFC 2047 encoded words. The white space between two encoded
+        words is dropped by decoders, so the text may be split between any two characters."""
+        start, end = 0, len(text)
+        while start < end:
+            room = min(WIRE_MAX_LINE - len(self.line) - 1 - _EW_OVERHEAD, _EW_MAX_B64) // 4 * 3
+            stop, used = start, 0
+            while stop < end:
+                size = _utf8_len(text[stop])
+                if used + size > room:
+                    break
+                used += size
+                stop += 1
+            if stop == start:
+                if not self.empty:
+                    self.lines.append(self.line)
+                    self.line = ""  # the next encoded word starts a line of its own
+                    continue
+                stop = start + 1  # never happens with our short header names
+            self.put(_encoded_word(text[start:stop]))
+            start = stop
+
+    def wire(self) -> bytes | None:
+        """The folded field, or None if a line would break RFC 5322's hard limit."""
+        lines = [*self.lines, self.line]
+        if any(len(line) > HARD_MAX_LINE for line in lines):
+            return None
+        return "\r\n".join(lines).encode("ascii") + CRLF
+
+
+def _words(value: str) -> list[str] | None:
+    """The words of a printable value with single spaces between them; None for other values
+    (empty, other white space or control characters, text that looks like an encoded word)."""
+    if not value or not value.isprintable() or "=?" in value:
+        return None
+    words = value.split(" ")
+    return None if "" in words else words
+
+
+def _stdlib_field(name: str, value: object) -> bytes:
+    """The field as the notifier used to send it: set on an EmailMessage (MAIL_POLICY) and
+    folded by aiosmtplib's flattening (WIRE_POLICY)."""
+    name, header = MAIL_POLICY.header_store_parse(name, value)
+    return WIRE_POLICY.fold_binary(name, header)
+
+
+# Headers from a small vocabulary (severity, kind, step, fixed values): folded once each.
+_fixed_field = lru_cache(maxsize=1024)(_stdlib_field)
+
+
+def _unstructured(name: str, value: str) -> bytes:
+    """An unstructured field (Subject, X-Escalate-*): ASCII words as they are, the rest as
+    encoded words; a run of non-ASCII words is encoded with its inner spaces, so every space
+    survives decoding (the standard library's folding loses the one before an encoded word that
+    starts a continuation line: "THPT Yên" arrived as "THPTYên")."""
+    words = _words(value)
+    if words is None:
+        return _stdlib_field(name, value)
+    field = _Field(name)
+    run: str | None = None  # words waiting to be encoded together
+    after_encoded = False
+    for word in words:
+        if word.isascii():
+            if run is not None:
+                field.encode(run)
+                run, after_encoded = None, True
+            if field.fits(word):
+                field.put(word)
+                after_encoded = False
+                continue
+        # Non-ASCII, or an ASCII word too long for a line: encoded. A space between two encoded
+        # words would be dropped, so it goes inside the second.
+        if run is None:
+            run = " " + word if after_encoded else word
+        else:
+            run += " " + word
+    if run is not None:
+        field.encode(run)
+    return field.wire() or _stdlib_field(name, value)
+
+
+def _to_field(name: str, email: str) -> tuple[bytes, list[str]]:
+    """The To field and the envelope recipients aiosmtplib would take from it."""
+    display = _display_name(name)
+    words = display.split(" ") if display else []
+    field = _Field("To")
+    if _PLAIN_MAILBOX.fullmatch(email) and display.isprintable():
+        # Display name words are letters, digits and -'&/ (atoms) or need quoting or encoding
+        # (non-ASCII, '.'): those, from the first to the last, become one encoded word. One
+        # only: decoders disagree on the space between two encoded words in a name.
+        special = [i for i, word in enumerate(words) if not word.isascii() or "." in word]
+        tokens = words
+        if special:
+            first, last = special[0], special[-1]
+            encoded = _encoded_word(" ".join(words[first : last + 1]))
+            tokens = [*words[:first], encoded, *words[last + 1 :]]
+        if max(map(len, tokens), default=0) <= 75:
+            for token in tokens:
+                field.put(token)
+            field.put(f"<{email}>" if words else email)
+            wire = field.wire()
+            if wire is not None:
+                return wire, [email]
+    _, header = MAIL_POLICY.header_store_parse("To", _address(name, email))
+    return WIRE_POLICY.fold_binary("To", header), _addr_specs(header)
+
+
+def _addr_specs(header: object) -> list[str]:
+    """The addresses of an address header, as aiosmtplib's send_message takes them."""
+    if not isinstance(header, AddressHeader):
+        return []
+    return [address.addr_spec for address in header.addresses]
+
+
+@lru_cache(maxsize=16)
+def _from_field(sender: str) -> tuple[bytes, str | None]:
+    """The From field (one sender per process: folded once) and the envelope sender."""
+    _, header = MAIL_POLICY.header_store_parse("From", sender)
+    specs = _addr_specs(header)
+    return WIRE_POLICY.fold_binary("From", header), specs[0] if specs else None
+
+
+def _body_wire(text: str) -> tuple[str, bytes]:
+    """(Content-Transfer-Encoding, body bytes on the wire), as ``set_content(text,
+    charset="utf-8")`` under MAIL_POLICY and aiosmtplib's flattening for an 8BITMIME relay make
+    them (email.contentmanager's choice: 7bit or 8bit when every line fits in 998 octets, else
+    quoted-printable or base64, whichever is shorter on the first ten lines)."""
+    lines = text.encode("utf-8").splitlines()
+    limit = MAIL_POLICY.max_line_length or HARD_MAX_LINE
+    if max((len(line) for line in lines), default=0) <= limit:
+        data = b"\n".join(lines) + b"\n"
+        return ("7bit" if data.isascii() else "8bit"), data.replace(b"\n", CRLF)
+    sniff = b"\n".join(lines[:10]) + b"\n"
+    sniff_qp = quoprimime.body_encode(sniff.decode("latin-1"), limit)
+    if len(sniff_qp) > len(binascii.b2a_base64(sniff)):
+        data = b"\n".join(lines) + b"\n"
+        step = limit // 4 * 3
+        payload = "".join(
+            binascii.b2a_base64(data[i : i + step]).decode("ascii")
+            for i in range(0, len(data), step)
+        )
+        cte = "base64"
+    else:
+        cte = "quoted-printable"
+        if len(lines) <= 10:
+            payload = sniff_qp
+        else:
+            payload = quoprimime.body_encode((b"\n".join(lines) + b"\n").decode("latin-1"), limit)
+    return cte, "\r\n".join(_NEWLINES.split(payload)).encode("ascii")
+
+
+class RenderedEmail:
+    """A notification rendered once, as the bytes that go to the relay.
+
+    ``wire()`` is the message as aiosmtplib's ``send_message`` flattened the ``EmailMessage``
+    for a relay that takes 8BITMIME, and ``sender`` and ``recipients`` the envelope it took from
+    its headers: the sender hands them to ``sendmail`` as they are. The Date is stamped at the
+    first attempt to send (``stamp``) and kept for the retries, as it was on the EmailMessage.
+    ``message()`` is the same mail as an EmailMessage, built on first use: for reading it
+    (``msg["To"]``, ``get_content()``) and for a relay the bytes do not fit (no 8BITMIME, or an
+    envelope that needs SMTPUTF8), which gets it flattened by aiosmtplib as before.
+    """
+
+    __slots__ = (
+        "_build",
+        "_date",
+        "_dated",
+        "_head",
+        "_message",
+        "_mime",
+        "body",
+        "recipients",
+        "sender",
+    )
+
+    def __init__(
+        self,
+        head: bytes,
+        mime: bytes,
+        body: bytes,
+        *,
+        sender: str | None,
+        recipients: list[str],
+        dated: bool,
+        build: Callable[[], EmailMessage],
+    ) -> None:
+        self._head = head  # From ... X-Escalate-Kind (with the Date if it was given)
+        self._mime = mime  # Content-Type, Content-Transfer-Encoding, MIME-Version
+        self.body = body
+        self.sender = sender
+        self.recipients = recipients
+        self._dated = dated
+        self._date: str | None = None  # stamped at send time: after MIME-Version, as it was set
+        self._build = build
+        self._message: EmailMessage | None = None
+
+    @property
+    def fits_wire(self) -> bool:
+        """Whether ``wire()`` may go to ``sendmail`` as it is: there is an envelope to take
+        from the headers, all ASCII (an address that needs SMTPUTF8 changes the flattening)."""
+        return (
+            self.sender is not None
+            and bool(self.recipients)
+            and self.sender.isascii()
+            and all(r.isascii() for r in self.recipients)
+        )
+
+    @property
+    def dated(self) -> bool:
+        return self._dated or self._date is not None
+
+    def stamp(self, date: str) -> None:
+        """Set the Date header (``format_datetime`` text) unless the mail has one already."""
+        if self.dated:
+            return
+        self._date = date
+        if self._message is not None and "Date" not in self._message:
+            self._message["Date"] = date
+
+    def wire(self) -> bytes:
+        """The message as it goes to the relay (CRLF line ends, 8bit body)."""
+        date = b"" if self._date is None else _date_field(self._date)
+        return b"".join((self._head, self._mime, date, CRLF, self.body))
+
+    def message(self) -> EmailMessage:
+        """The same mail as an EmailMessage (``email_message``), Date included once stamped."""
+        if self._message is None:
+            msg = self._build()
+            if self._date is not None and "Date" not in msg:
+                msg["Date"] = self._date
+            self._message = msg
+        return self._message
+
+    # Read like the EmailMessage render_email used to return.
+
+    def __getitem__(self, name: str) -> Any:
+        return self.message()[name]
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.message()
+
+    def get(self, name: str, failobj: Any = None) -> Any:
+        return self.message().get(name, failobj)
+
+    def get_content(self) -> Any:
+        return self.message().get_content()
+
+
+# Mails stamped within one second share their Date field.
+_date_field = lru_cache(maxsize=4)(partial(_stdlib_field, "Date"))
 
 
 def render_email(
@@ -341,29 +710,55 @@ def render_email(
     *,
     now: datetime | None = None,
     action_url: str | None = None,
-) -> EmailMessage:
-    """Build the message. ``now`` fixes the Date header (tests); by default the header is omitted
-    here and set by the sender so each attempt carries its own date."""
-    # CPython drops the space between two RFC 2047 words when it folds a long non-ASCII header
-    # ("THPT Yên Hòa" arrives as "THPTYên Hòa"); headers up to RFC 5322's hard limit stay unfolded.
-    msg = EmailMessage(policy=MAIL_POLICY)
-    msg["From"] = sender
-    msg["To"] = _address(req.recipient.name, req.recipient.email)
-    msg["Subject"] = render_subject(req)
-    msg["Message-ID"] = message_id_for(req)
-    if now is not None:
-        msg["Date"] = format_datetime(now if now.tzinfo else now.replace(tzinfo=UTC))
-    msg["Auto-Submitted"] = "auto-generated"
-    msg["X-Escalate-Incident"] = _one_line(req.incident_id)
-    msg["X-Escalate-Step"] = str(req.step)
-    msg["X-Escalate-Severity"] = req.severity.value
-    msg["X-Escalate-Notification-Id"] = _one_line(req.notification_id)
-    if req.severity is Severity.critical or req.immediate_danger:
-        msg["Importance"] = "high"
-        msg["X-Priority"] = "1"
-    msg["X-Escalate-Kind"] = req.kind.value
-    msg.set_content(render_body(req, action_url), charset="utf-8")
-    return msg
+) -> RenderedEmail:
+    """Render the message to its bytes, once. ``now`` fixes the Date header (tests); by default
+    the sender stamps it at the first attempt.
+
+    Header injection stays impossible: every value meant for one line is on one line already
+    (``_one_line``, ``_display_name``); on the wire an ASCII word is printable by construction
+    and anything else is base64 inside an encoded word; a value of any other shape is set and
+    folded by the standard library, which refuses line breaks.
+    """
+    body = render_body(req, action_url)
+    from_field, envelope_sender = _from_field(sender)
+    to_field, recipients = _to_field(req.recipient.name, req.recipient.email)
+    head = [from_field, to_field]
+    for name, value in _headers(req, now):
+        if name in _FREE_TEXT:
+            head.append(_unstructured(name, value))
+        elif name == "Message-ID" and _MESSAGE_ID.fullmatch(value):
+            head.append(b"Message-ID: " + value.encode("ascii") + CRLF)
+        elif name == "Date":
+            head.append(_date_field(value))
+        else:
+            head.append(_fixed_field(name, value))
+    cte, body_wire = _body_wire(body)
+    return RenderedEmail(
+        b"".join(head),
+        _mime_fields(cte),
+        body_wire,
+        sender=envelope_sender,
+        recipients=recipients,
+        dated=now is not None,
+        build=lambda: email_message(req, sender, now=now, action_url=action_url, body=body),
+    )
+
+
+# Headers whose values come from the request's free text; the others are from small vocabularies.
+_FREE_TEXT = frozenset(("Subject", "X-Escalate-Incident", "X-Escalate-Notification-Id"))
+_MESSAGE_ID = re.compile(r"<[0-9a-f]{32}@escalate\.local>")
+
+
+@lru_cache(maxsize=8)
+def _mime_fields(cte: str) -> bytes:
+    """Content-Type, Content-Transfer-Encoding and MIME-Version, as set_content adds them."""
+    return b"".join(
+        (
+            _stdlib_field("Content-Type", 'text/plain; charset="utf-8"'),
+            _stdlib_field("Content-Transfer-Encoding", cte),
+            _stdlib_field("MIME-Version", "1.0"),
+        )
+    )
 
 
 def fallback_message_id(incident_id: str) -> str:

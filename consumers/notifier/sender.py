@@ -4,6 +4,13 @@
 keeps a few connections per relay open and reuses them: the notifier sends everything, the
 intake desk's fallback mail included, through one.
 
+A notification comes rendered to its bytes (``RenderedEmail``, consumers/notifier/render.py)
+and goes to the relay with ``sendmail`` as it is, with the envelope and the MAIL options
+``send_message`` would have used; flattening an EmailMessage again for each mail was most of
+the notifier's work. An ``EmailMessage`` (the intake desk's fallback mail), or a rendered mail
+the relay cannot take as it is (no 8BITMIME, or an address that needs SMTPUTF8), goes through
+aiosmtplib's ``send_message`` as before.
+
 The worker retries transient failures (the relay is down, slow, or answers 4xx) and gives up at
 once on permanent ones (5xx, a refused recipient), so a bad address is reported quickly instead
 of being hammered until the attempts run out.
@@ -19,7 +26,11 @@ from email.utils import format_datetime
 
 import aiosmtplib
 
+from consumers.notifier.render import RenderedEmail
 from schemas.common import utcnow
+
+#: what the notifier sends: a notification rendered to its bytes, or a plain EmailMessage
+Mail = RenderedEmail | EmailMessage
 
 MAX_ERROR_CHARS = 300
 
@@ -97,22 +108,61 @@ def classify(exc: BaseException) -> SendError:
     return SendError(f"{type(exc).__name__}: {exc}", transient=True)
 
 
-async def send(msg: EmailMessage, smtp: SmtpConfig) -> None:
+def _stamp(msg: Mail) -> None:
+    """Date the mail at its first attempt; a retry keeps that date."""
+    if isinstance(msg, RenderedEmail):
+        msg.stamp(format_datetime(utcnow()))
+    elif "Date" not in msg:
+        msg["Date"] = format_datetime(utcnow())
+
+
+async def _greet(client: aiosmtplib.SMTP) -> None:
+    """EHLO (HELO if refused) unless done, as send_message does first: the relay's extensions
+    decide how the mail goes."""
+    if client.is_ehlo_or_helo_needed:
+        try:
+            await client.ehlo()
+        except aiosmtplib.SMTPHeloError:
+            if not client.is_connected:
+                raise
+            await client.helo()
+
+
+async def _transmit(client: aiosmtplib.SMTP, msg: Mail) -> None:
+    """One mail transaction on a connected client."""
+    if isinstance(msg, RenderedEmail):
+        await _greet(client)
+        if msg.sender is not None and msg.fits_wire and client.supports_extension("8bitmime"):
+            # What send_message did with the flattened message: the same envelope, the same
+            # MAIL option (it asks for BODY=8BITMIME whenever the relay offers it).
+            await client.sendmail(
+                msg.sender, msg.recipients, msg.wire(), mail_options=["BODY=8BITMIME"]
+            )
+            return
+        msg = msg.message()
+    await client.send_message(msg)
+
+
+async def send(msg: Mail, smtp: SmtpConfig) -> None:
     """Send ``msg`` to ``smtp.host:smtp.port``; raise SendError on any failure.
 
     STARTTLS is used when the relay offers it (aiosmtplib's default), plain SMTP otherwise.
     """
     if not smtp.host:
         raise SendError("no SMTP host configured (ESCALATE_SMTP_HOST)", transient=False)
-    if "Date" not in msg:
-        msg["Date"] = format_datetime(utcnow())
+    _stamp(msg)
     try:
-        await aiosmtplib.send(
-            msg,
-            hostname=smtp.host,
-            port=smtp.port,
-            timeout=smtp.timeout_s,
-        )
+        if isinstance(msg, RenderedEmail):
+            client = aiosmtplib.SMTP(hostname=smtp.host, port=smtp.port, timeout=smtp.timeout_s)
+            async with client:
+                await _transmit(client, msg)
+        else:
+            await aiosmtplib.send(
+                msg,
+                hostname=smtp.host,
+                port=smtp.port,
+                timeout=smtp.timeout_s,
+            )
     except Exception as exc:
         raise classify(exc) from exc
 
@@ -144,18 +194,17 @@ class SmtpPool:
         self.connections_opened = 0
         self._relays: dict[tuple[str, int, float], _Relay] = {}
 
-    async def send(self, msg: EmailMessage, smtp: SmtpConfig) -> None:
+    async def send(self, msg: Mail, smtp: SmtpConfig) -> None:
         """Like ``send``, on a pooled connection; raise SendError on any failure."""
         if not smtp.host:
             raise SendError("no SMTP host configured (ESCALATE_SMTP_HOST)", transient=False)
-        if "Date" not in msg:
-            msg["Date"] = format_datetime(utcnow())
+        _stamp(msg)
         relay = self._relays.setdefault((smtp.host, smtp.port, smtp.timeout_s), _Relay(self.size))
         async with relay.slots:
             client = None
             try:
                 client = await self._client(relay, smtp.host, smtp.port, smtp.timeout_s)
-                await client.send_message(msg)
+                await _transmit(client, msg)
             except BaseException as exc:
                 # Whatever went wrong (a refusal mid-transaction, a reset, a cancellation), the
                 # session's state is unknown: drop it rather than reuse it.

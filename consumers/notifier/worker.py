@@ -32,7 +32,6 @@ import threading
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 from typing import Literal
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram
@@ -54,7 +53,7 @@ from consumers.metrics_registry import PerRegistry
 from consumers.notifier.delivery import delivery_outcome, fallback_audit
 from consumers.notifier.render import render_email, render_fallback_email
 from consumers.notifier.retry import RetryPolicy, Stopped, deliver_with_retries_async
-from consumers.notifier.sender import SendError, SmtpConfig, SmtpPool
+from consumers.notifier.sender import Mail, SendError, SmtpConfig, SmtpPool
 from schemas.common import Severity, Tier, utcnow
 from schemas.links import LinkClaims, LinkPurpose, LinkSigner, action_url
 from schemas.notifications import DeliveryStatus, NotificationKind, NotificationRequest
@@ -70,7 +69,7 @@ log = logging.getLogger("escalate.notifier")
 
 STAGE = "notifier"
 
-SendFn = Callable[[EmailMessage, SmtpConfig], Awaitable[None]]
+SendFn = Callable[[Mail, SmtpConfig], Awaitable[None]]
 
 #: how often a batch in progress hands its finished head to the loop for publishing and commit
 YIELD_EVERY_S = 1.0
@@ -272,7 +271,7 @@ class Notifier:
             self._desk_lock = asyncio.Lock()
         return self._runner
 
-    def _send(self, msg: EmailMessage) -> Awaitable[None]:
+    def _send(self, msg: Mail) -> Awaitable[None]:
         send_fn = self.send_fn or self._pool.send
         return send_fn(msg, self.config.smtp)
 

@@ -126,15 +126,35 @@ def test_contact_only_when_present() -> None:
 
 def test_header_values_cannot_be_split() -> None:
     msg = render_email(make_request(school_name="Trường A\r\nBcc: evil@example.org"), SENDER)
-    raw = msg.as_bytes()
-    parsed = BytesParser(policy=policy.default).parsebytes(raw)
+    parsed = BytesParser(policy=policy.default).parsebytes(msg.wire())
     assert parsed["Bcc"] is None
     assert "Trường A Bcc: evil@example.org" in str(parsed["Subject"])
 
 
+def test_names_with_line_breaks_cannot_add_a_header() -> None:
+    hostile = "Ban giám hiệu\r\nBcc: evil@example.org\nX-Injected: 1"
+    req = make_request(
+        recipient=Recipient(tier=Tier.school, name=hostile, email="bgh@thcs.example"),
+        incident_id="inc-1\r\nCc: evil@example.org",
+        notification_id="n-1\nX-Injected: 2",
+    )
+    wire = render_email(req, SENDER).wire()
+    parsed = BytesParser(policy=policy.default).parsebytes(wire)
+    names = [name.lower() for name in parsed]
+    assert "bcc" not in names and "cc" not in names and "x-injected" not in names
+    assert len(names) == len(set(names))
+    assert [a.addr_spec for a in parsed["To"].addresses] == ["bgh@thcs.example"]
+    assert parsed["X-Escalate-Incident"] == "inc-1 Cc: evil@example.org"
+    head = wire.split(b"\r\n\r\n", 1)[0]
+    # Every line break on the wire is CRLF, and every line but a field's first is a continuation.
+    assert b"\n" not in head.replace(b"\r\n", b"") and b"\r" not in head.replace(b"\r\n", b"")
+    for line in head.split(b"\r\n"):
+        assert line[:1] in (b" ", b"\t") or line.split(b":", 1)[0].lower().decode() in names
+
+
 def test_utf8_round_trip() -> None:
     req = make_request()
-    parsed = BytesParser(policy=policy.default).parsebytes(render_email(req, SENDER).as_bytes())
+    parsed = BytesParser(policy=policy.default).parsebytes(render_email(req, SENDER).wire())
     assert str(parsed["Subject"]).startswith("[ESCALATE][CRITICAL] self_harm — Trường")
     part = parsed.get_body(preferencelist=("plain",))
     assert part is not None
@@ -144,15 +164,61 @@ def test_utf8_round_trip() -> None:
 def test_fixed_date_when_given() -> None:
     msg = render_email(make_request(), SENDER, now=datetime(2026, 3, 2, 13, 6, tzinfo=UTC))
     assert msg["Date"] == "Mon, 02 Mar 2026 13:06:00 +0000"
+    assert b"\r\nDate: Mon, 02 Mar 2026 13:06:00 +0000\r\n" in msg.wire()
+    msg.stamp("Tue, 03 Mar 2026 00:00:00 +0000")  # a given date is kept
+    assert msg.wire().count(b"\r\nDate: ") == 1
     assert render_email(make_request(), SENDER)["Date"] is None
 
 
+def test_the_date_is_stamped_once_and_kept_for_retries() -> None:
+    msg = render_email(make_request(), SENDER)
+    assert b"\r\nDate:" not in msg.wire()
+    msg.stamp("Mon, 02 Mar 2026 13:06:00 +0000")
+    msg.stamp("Mon, 02 Mar 2026 13:07:00 +0000")  # a retry
+    parsed = BytesParser(policy=policy.default).parsebytes(msg.wire())
+    assert parsed["Date"] == "Mon, 02 Mar 2026 13:06:00 +0000"
+    assert msg["Date"] == "Mon, 02 Mar 2026 13:06:00 +0000"
+    # Last, after MIME-Version, where setting it on the EmailMessage used to put it.
+    assert list(parsed.keys())[-2:] == ["MIME-Version", "Date"]
+
+
+def test_the_envelope_is_the_recipient() -> None:
+    msg = render_email(make_request(email="PGD@BaDinh.Hanoi.example"), "Escalate <esc@so.example>")
+    assert msg.fits_wire
+    assert msg.sender == "esc@so.example"
+    assert msg.recipients == ["PGD@BaDinh.Hanoi.example"]
+
+
 def test_vietnamese_subjects_survive_the_wire_intact() -> None:
-    # CPython's header folding used to eat the space in "THPT Yên Hòa" on the wire.
+    # CPython's header folding ate the space in "THPT Yên Hòa" on the wire (aiosmtplib folds
+    # at 78 columns): the wire form is checked here, as the relay receives it.
     for school in ("Trường THPT Yên Hòa", "Trường Trung học phổ thông Chuyên Hà Nội - Amsterdam"):
         for category in Category:
-            req = make_request(school_name=school, category=category, severity=Severity.high)
-            msg = render_email(req, "escalate@localhost")
-            parsed = BytesParser(policy=policy.default).parsebytes(msg.as_bytes())
-            assert parsed["Subject"] == msg["Subject"]
-            assert school in parsed["Subject"]
+            for step in (0, 3):
+                req = make_request(
+                    school_name=school, category=category, severity=Severity.high, step=step
+                )
+                msg = render_email(req, "escalate@localhost")
+                parsed = BytesParser(policy=policy.default).parsebytes(msg.wire())
+                assert parsed["Subject"] == msg["Subject"]
+                assert school in parsed["Subject"]
+
+
+def test_vietnamese_names_survive_the_wire_intact() -> None:
+    for name in (
+        "Phòng GDĐT Ba Đình",
+        "PA05 Công an TP Hà Nội",
+        "Trường Tiểu học Tràng An",
+        "Công an quận Thanh Xuân",
+        "Sở GDĐT Hà Nội (intake desk)",
+        "Phòng Giáo dục và Đào tạo quận Nam Từ Liêm",
+        "Công an TP. Hà Nội",
+        "Nguyễn Văn A",
+    ):
+        req = make_request(recipient=Recipient(tier=Tier.school, name=name, email="bgh@x.example"))
+        msg = render_email(req, SENDER)
+        parsed = BytesParser(policy=policy.default).parsebytes(msg.wire())
+        [address] = parsed["To"].addresses
+        assert address.addr_spec == "bgh@x.example"
+        assert address.display_name == msg["To"].addresses[0].display_name, name
+        assert all(len(line) <= 78 for line in msg.wire().split(b"\r\n\r\n")[0].split(b"\r\n"))

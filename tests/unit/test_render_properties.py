@@ -33,7 +33,7 @@ from schemas.notifications import (
 from tests.strategies import notification_requests
 
 SENDER = "escalate@so.example"
-WIRE = policy.SMTP  # what aiosmtplib hands the relay: CRLF line ends
+WIRE = policy.SMTP  # what aiosmtplib hands the relay for a plain EmailMessage: CRLF line ends
 # Lines the body writes once each; a value that could start a line could fake one of these.
 ONCE = (
     "Mức độ / Severity:",
@@ -66,7 +66,9 @@ def base(**overrides: object) -> NotificationRequest:
 
 
 def body_lines(req: NotificationRequest) -> list[str]:
-    raw = render_email(req, SENDER, now=datetime(2026, 3, 2, tzinfo=UTC)).as_bytes(policy=WIRE)
+    # The bytes the relay receives (RenderedEmail.wire: what the sender hands to sendmail).
+    raw = render_email(req, SENDER, now=datetime(2026, 3, 2, tzinfo=UTC)).wire()
+    assert all(len(line) <= 998 for line in raw.split(b"\r\n"))
     parsed = BytesParser(policy=policy.default).parsebytes(raw)
     # Exactly the headers we wrote, once each: nothing smuggled in through a value.
     names = [name.lower() for name in parsed]
