@@ -36,9 +36,9 @@ schemas: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/classify_bench.py
 
+# The pipeline beside Alertmanager and raw kafka-python (issue 11); JSON + table in var/bench/.
 bench-pipeline: $(STAMP)
-	$(BIN)/python bench/pipeline_latency.py --reports 200
-	$(BIN)/python bench/pipeline_latency.py --reports 40 --interval 0.5
+	$(BIN)/python bench/pipeline_bench.py --burst 500 --steady-rate 50 --steady-seconds 30 --raw 20000
 
 clean-var:
 	rm -rf var
