@@ -4,12 +4,22 @@ Tests get their own broker on a dedicated port pair (19092/19093 unless overridd
 developer's broker on 9092 is never touched or wiped. The jar cache under ``kafka_home`` is
 shared with it. A broker started here gets a fresh data directory and is stopped when the
 test process exits; a broker that was already answering on the test port is reused as it is.
+
+Tests of broker loss get a cluster of their own instead (:func:`cluster_for_tests`, the
+``kafka_cluster`` fixture): three nodes on ports 39092-39097 unless
+ESCALATE_TEST_KAFKA_CLUSTER_PORT moves them, data under the pytest tmp dir, always fresh.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
 
 from escalate import kafka_local
 from escalate.settings import Settings
@@ -53,3 +63,94 @@ def stop_test_broker() -> None:
     if os.environ.get("ESCALATE_KAFKA_BOOTSTRAP_SERVERS", "").strip():
         return
     kafka_local.stop(broker_settings_for_tests())
+
+
+# --- a local multi-broker cluster, for tests of broker loss --------------------------------
+
+TEST_CLUSTER_PORT = int(os.environ.get("ESCALATE_TEST_KAFKA_CLUSTER_PORT", "39092"))
+TEST_CLUSTER_CONTROLLER_PORT = int(
+    os.environ.get("ESCALATE_TEST_KAFKA_CLUSTER_CONTROLLER_PORT", str(TEST_CLUSTER_PORT + 1))
+)
+CLUSTER_BROKERS = 3
+
+
+@dataclass
+class LocalCluster:
+    """A KRaft cluster of ``brokers`` nodes that this test session started and may break.
+
+    Node k listens on the cluster port + 2(k-1) (and the controller port + 2(k-1)); its
+    ``node.id`` is k, which is what partition metadata names as leader and replicas.
+    """
+
+    settings: Settings
+    home: Path
+    brokers: int
+    bootstrap: str
+
+    def kill(self, node_id: int) -> None:
+        """``kill -9`` one node: no controlled shutdown, leaders move only once it is fenced."""
+        if not kafka_local.stop_node(self.settings, node_id, hard=True, home=self.home):
+            raise kafka_local.KafkaLocalError(f"node {node_id} of {self.bootstrap} is not running")
+
+    def restart(self, timeout_s: float = 120) -> str:
+        """Start every node that is down and wait until all are unfenced brokers again."""
+        return kafka_local.start(
+            self.settings, brokers=self.brokers, home=self.home, timeout_s=timeout_s
+        )
+
+    def status(self) -> kafka_local.BrokerStatus:
+        return kafka_local.status(self.settings, brokers=self.brokers, home=self.home)
+
+    def stop(self) -> None:
+        kafka_local.stop(self.settings, brokers=self.brokers, home=self.home)
+
+
+def cluster_settings_for_tests() -> Settings:
+    """The usual kafka_home (for the jar cache only) and the cluster's own test ports."""
+    return Settings(
+        kafka_bootstrap_servers=None,
+        kafka_port=TEST_CLUSTER_PORT,
+        kafka_controller_port=TEST_CLUSTER_CONTROLLER_PORT,
+    )
+
+
+@contextlib.contextmanager
+def cluster_for_tests(
+    home: Path, brokers: int = CLUSTER_BROKERS, timeout_s: float = 180
+) -> Iterator[LocalCluster]:
+    """A fresh local cluster whose node directories live under ``home``; stopped on exit.
+
+    Never an external cluster (ESCALATE_KAFKA_BOOTSTRAP_SERVERS is ignored): the tests that
+    use this kill brokers. A port already in use fails at once, naming the port and the
+    variable that moves the whole block (2 × ``brokers`` ports from the cluster port on).
+    """
+    settings = cluster_settings_for_tests()
+    try:
+        bootstrap = kafka_local.start(
+            settings, brokers=brokers, home=home, fresh=True, timeout_s=timeout_s
+        )
+    except kafka_local.KafkaLocalError as exc:
+        raise kafka_local.KafkaLocalError(
+            f"{exc}\n(the test cluster uses ports {TEST_CLUSTER_PORT}-"
+            f"{TEST_CLUSTER_PORT + 2 * brokers - 1}; move them with "
+            "ESCALATE_TEST_KAFKA_CLUSTER_PORT)"
+        ) from exc
+    cluster = LocalCluster(settings, home, brokers, bootstrap)
+    # Backstop for an interrupted session: no JVM of ours outlives the test process.
+    atexit.register(cluster.stop)
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+        atexit.unregister(cluster.stop)
+
+
+@pytest.fixture(name="kafka_cluster", scope="module")
+def kafka_cluster_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
+    """A 3-broker cluster of the module's own, under the pytest tmp dir.
+
+    Use it by importing ``kafka_cluster_fixture`` into the test module and asking for
+    ``kafka_cluster``.
+    """
+    with cluster_for_tests(tmp_path_factory.mktemp("kafka-cluster")) as cluster:
+        yield cluster
