@@ -14,7 +14,7 @@ import socket
 import ssl
 import threading
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
@@ -339,34 +339,36 @@ def cpu_seconds(pid: int) -> float | None:
     return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
 
 
-def children_of(pid: int) -> list[int]:
-    """Direct children of ``pid``, found by their parent pid in /proc/<n>/stat."""
-    found = []
+def _proc_stats() -> Iterator[tuple[int, list[str]]]:
+    """Every live process: its pid and the fields of /proc/<pid>/stat after the name."""
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
+            stat = (entry / "stat").read_text()
         except OSError:
             continue
-        if int(fields[1]) == pid:
-            found.append(int(entry.name))
-    return found
+        yield int(entry.name), stat.rpartition(")")[2].split()  # the name may hold spaces
+
+
+def children_of(pid: int) -> list[int]:
+    """Direct children of ``pid``, found by their parent pid in /proc/<n>/stat."""
+    return [child for child, fields in _proc_stats() if int(fields[1]) == pid]
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """CPU seconds used so far by ``pid`` and all its descendants (those still running)."""
+    total, todo = 0.0, [pid]
+    while todo:
+        current = todo.pop()
+        total += cpu_seconds(current) or 0.0
+        todo += children_of(current)
+    return total
 
 
 def group_members(pgid: int) -> list[int]:
     """Live processes of process group ``pgid`` (field 5 of /proc/<n>/stat)."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            fields = (entry / "stat").read_text().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":
-            found.append(int(entry.name))
-    return found
+    return [p for p, fields in _proc_stats() if int(fields[2]) == pgid and fields[0] != "Z"]
 
 
 def cmdline(pid: int) -> list[str]:

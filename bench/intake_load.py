@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import os
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,17 +33,12 @@ import httpx
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from bench_kit import free_port, tree_cpu_seconds  # noqa: E402
+
 from escalate.topics_admin import ensure_topics  # noqa: E402
 from tests.services.kafka import broker_for_tests  # noqa: E402
 
 KEY = "bench-key"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
 
 
 async def load(base: str, reports: int, connections: int) -> tuple[float, list[float], int]:
@@ -140,26 +134,6 @@ def load_wrk(base: str, seconds: int, connections: int, workdir: Path) -> dict[s
     }
 
 
-def tree_cpu_seconds(pid: int) -> float:
-    """CPU seconds (user + system) used so far by a process and all its descendants.
-
-    On a shared machine, throughput moves with whatever else runs; the CPU the intake spends
-    per accepted report does much less, so the benchmark reports both.
-    """
-    total, todo = 0.0, [pid]
-    ticks = os.sysconf("SC_CLK_TCK")
-    while todo:
-        current = todo.pop()
-        try:
-            stat = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
-            total += (int(stat[11]) + int(stat[12])) / ticks
-            for task in Path(f"/proc/{current}/task").iterdir():
-                todo.extend(int(c) for c in (task / "children").read_text().split())
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-    return total
-
-
 def wait_ready(base: str, proc: subprocess.Popen[bytes], log: Path) -> bool:
     deadline = time.monotonic() + 60
     while True:
@@ -243,8 +217,8 @@ def main() -> int:
     bootstrap = os.environ.get("ESCALATE_KAFKA_BOOTSTRAP_SERVERS") or broker_for_tests()
     failed = False
     print(
-        f"| intake workers | accepted/s | 202 p50 | 202 p99 | refused | ({args.client}, "
-        f"{args.connections} connections) |"
+        f"| intake workers ({args.client}, {args.connections} connections) | accepted/s "
+        "| 202 p50 | 202 p99 | intake CPU per report | refused |"
     )
     print("| --- | --- | --- | --- | --- | --- |")
     for workers in args.workers:

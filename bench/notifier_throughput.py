@@ -47,8 +47,6 @@ from typing import Any
 
 from aiosmtpd.controller import Controller
 from kafka import KafkaProducer
-from kafka.admin import KafkaAdminClient
-from kafka.errors import KafkaError
 from prometheus_client import CollectorRegistry
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,6 +63,7 @@ from schemas.ids import notification_id  # noqa: E402
 from schemas.topics import NOTIFICATIONS_REQUESTED  # noqa: E402
 from tests.conftest import free_port  # noqa: E402
 from tests.integration.test_notifier_smtp import make_request  # noqa: E402
+from tests.integration.test_scale_out import group_members  # noqa: E402
 from tests.services.kafka import broker_for_tests  # noqa: E402
 
 
@@ -233,19 +232,6 @@ def measure(
 
 
 # ---- the notifier as processes of its own ----
-
-
-def group_members(bootstrap: str, group: str) -> int:
-    """Members of a consumer group once it is stable (0 while it forms or rebalances)."""
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, client_id="bench-admin")
-    try:
-        found = admin.describe_groups([group])[group]
-    except KafkaError:  # the group's coordinator is still being chosen
-        return 0
-    finally:
-        admin.close()
-    stable = str(found.get("group_state") or found.get("state")) == "Stable"
-    return len(found.get("members") or []) if stable else 0
 
 
 def worker_main(args: argparse.Namespace) -> None:
