@@ -33,6 +33,8 @@ from schemas.validation import validation_reason
 
 PUBLISH_TIMEOUT_S = 30.0
 MAX_PAUSE_S = 30.0
+#: see ``LagReporter.stalled``
+STALL_S = 60.0
 
 log = logging.getLogger("escalate.consumer")
 
@@ -116,6 +118,8 @@ class ConsumerConfig:
     max_poll_records: int = 100
     max_poll_interval_ms: int = 300_000
     poll_timeout_ms: int = 500
+    #: behind on its partitions yet given nothing for this long: the client is replaced
+    stall_s: float = STALL_S
 
 
 class LoopMetrics:
@@ -158,6 +162,25 @@ class LagReporter:
         self.gauge = loop_metrics_for(registry).lag
         self.every_s = every_s
         self._next = 0.0
+        started = time.monotonic()
+        #: when the consumer last handled records, or was measured to be caught up
+        self._progress_at = started
+
+    def handled(self, count: int) -> None:
+        """The loop has finished with ``count`` records from a poll."""
+        if count:
+            self._progress_at = time.monotonic()
+
+    def stalled(self, after_s: float) -> bool:
+        """Behind (or unmeasurable) for ``after_s`` with nothing received meanwhile.
+
+        kafka-python 3.0 can stop refreshing its metadata after a broker dies: the consumer
+        then polls on, gets nothing and never learns the partitions' new leaders (seen on a
+        three-broker cluster with one broker killed). The loop answers a stall by replacing
+        the client, which reads from the committed offsets again.
+        """
+        now = time.monotonic()
+        return now - self._progress_at > after_s
 
     def maybe_report(self) -> None:
         now = time.monotonic()
@@ -174,6 +197,8 @@ class LagReporter:
         except Exception as exc:  # a figure for operators must never stop the consumer
             log.debug("lag not measured this round: %s", type(exc).__name__)
             return
+        if not any(totals.values()):
+            self._progress_at = now  # caught up: waiting is not stalling
         for topic, total in totals.items():
             self.gauge.labels(group=self.group, topic=topic).set(total)
 
@@ -265,7 +290,29 @@ def run_consumer(
     stop: threading.Event,
     registry: CollectorRegistry,
 ) -> None:
-    """Consume until ``stop`` is set. Blocking: run it in a thread of its own."""
+    """Consume until ``stop`` is set. Blocking: run it in a thread of its own.
+
+    A client that stalls (``LagReporter.stalled``) is closed and replaced by a new one, which
+    joins the group again and goes on from the committed offsets.
+    """
+    metrics = loop_metrics_for(registry)
+    while not _consume(config, stage, stop, registry):
+        metrics.pauses.labels(stage=stage.name, cause="stalled_client").inc()
+        log.warning(
+            "%s: behind on %s but given nothing for %.0f s; replacing the Kafka client",
+            stage.name,
+            ", ".join(config.topics),
+            config.stall_s,
+        )
+
+
+def _consume(
+    config: ConsumerConfig,
+    stage: Stage,
+    stop: threading.Event,
+    registry: CollectorRegistry,
+) -> bool:
+    """One client's life: True once ``stop`` is set, False when the client stalled."""
     from kafka import KafkaConsumer, KafkaProducer, OffsetAndMetadata
     from kafka.errors import CommitFailedError, KafkaError
 
@@ -298,6 +345,7 @@ def run_consumer(
     runner = _Partition(stage, config, commit, lambda out: publish(producer, out))
     lag = LagReporter(consumer, config.group_id, config.topics, registry)
     try:
+        await_metadata(consumer, config.topics)
         consumer.subscribe(list(config.topics))
         log.info(
             "%s consuming %s as group %s", stage.name, ", ".join(config.topics), config.group_id
@@ -306,6 +354,8 @@ def run_consumer(
             batch = consumer.poll(timeout_ms=config.poll_timeout_ms)
             lag.maybe_report()
             if not batch:
+                if lag.stalled(config.stall_s):
+                    return False
                 continue
             pending.clear()
             pending.update({tp: records[0].offset for tp, records in batch.items() if records})
@@ -327,9 +377,23 @@ def run_consumer(
                 pause_s = min(MAX_PAUSE_S, pause_s * 2)
             finally:
                 _rewind(consumer, pending)
+                lag.handled(sum(len(records) for records in batch.values()))
+        return True
     finally:
         consumer.close(autocommit=False)
         producer.close(timeout=10)
+
+
+def await_metadata(consumer: Any, topics: Sequence[str], timeout_s: float = 15.0) -> None:
+    """Learn the topics' partitions before joining the group.
+
+    A leader that assigns before its client has the topics' metadata hands out nothing, and the
+    metadata arriving a moment later forces a second rebalance; with kafka-python 3.0 that
+    second join was seen to hang for minutes on a busy three-broker cluster.
+    """
+    deadline = time.monotonic() + timeout_s
+    for topic in topics:
+        topic_partitions(consumer, topic, timeout_s=max(0.0, deadline - time.monotonic()))
 
 
 def topic_partitions(consumer: Any, topic: str, timeout_s: float = 15.0) -> list[Any]:

@@ -42,7 +42,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 from pydantic import BaseModel, ValidationError
 
 from consumers.dead_letters import DeadLetters, Reason, SourceRecord, describe_failure
-from consumers.kafka_io import LagReporter
+from consumers.kafka_io import STALL_S, LagReporter, await_metadata
 from schemas.common import utcnow
 from schemas.validation import validation_reason
 
@@ -81,8 +81,14 @@ class WorkerOptions:
     #: instead of waiting for the group to notice the old one is gone
     instance_id: str | None = None
     restore_timeout_s: float = 60.0
-    #: longest a transaction may take before the process gives up (see ``Watchdog``)
+    #: longest one transactional call may wait for the broker before it fails as a broker
+    #: error (``consumers.transactions``); the worker then drops and retakes its partitions
+    transaction_call_timeout_s: float = 30.0
+    #: longest a whole transaction may take before the process gives up (see ``Watchdog``):
+    #: the backstop for a hang the per-call limit does not cover
     transaction_timeout_s: float = 120.0
+    #: behind on its inputs yet given nothing for this long: the clients are replaced
+    stall_s: float = STALL_S
 
 
 #: exit status of a worker whose transaction hung (EX_TEMPFAIL: try again)
@@ -98,10 +104,10 @@ def _exit_stuck(log: logging.Logger, what: str) -> None:
 class Watchdog:
     """Ends the process when a guarded call outlives its limit.
 
-    kafka-python's transaction calls (``send_offsets_to_transaction``, ``commit_transaction``,
-    ``abort_transaction``) wait without a timeout. With the coordinator gone for good they
-    never return, and the worker sits on its partitions doing nothing (seen when a test's
-    cluster was torn down under a running escalator). Exiting hands the partitions to the
+    Each transactional call has its own limit (``consumers.transactions``); this is the
+    backstop for whatever still hangs past it: a whole transaction that has not finished in
+    ``transaction_timeout_s`` means the worker sits on its partitions doing nothing (seen when
+    a test's cluster was torn down under a running escalator). Exiting hands the partitions to the
     group; the next process's ``init_transactions`` fences this one's transactional ids and
     aborts what it left open. ``escalate up`` stops the pipeline when a component exits, and
     an orchestrator restarts it.
@@ -284,12 +290,17 @@ class StateWorker(Generic[S]):
     # ---- ownership of partitions ----
 
     def _take(self, partitions: set[int]) -> None:
-        from kafka import KafkaProducer
+        from consumers.transactions import TransactionalProducer
 
         for p in sorted(partitions - set(self.producers)):
             started = time.monotonic()
-            producer = KafkaProducer(
+            producer = TransactionalProducer(
                 bootstrap_servers=self._bootstrap,
+                max_block_ms=int(self.options.transaction_call_timeout_s * 1000),
+                # A transaction's sends wait to go out together: committing flushes them at
+                # once, so this adds no latency and saves a produce request per message (the
+                # broker's largest cost under a burst). Kafka Streams does the same.
+                linger_ms=100,
                 client_id=f"{self.options.group_id}-{p}",
                 transactional_id=f"{self.options.group_id}-{p}",
                 acks="all",
@@ -486,12 +497,23 @@ class StateWorker(Generic[S]):
     # ---- the loop ----
 
     def run(self, bootstrap_servers: str, stop: threading.Event) -> None:
+        """Consume until ``stop`` is set; a client that stalls is replaced (see LagReporter)."""
+        while not self._run_client(bootstrap_servers, stop):
+            self.log.warning(
+                "%s: behind but given nothing for %.0f s; replacing the Kafka clients",
+                self.options.stage,
+                self.options.stall_s,
+            )
+
+    def _run_client(self, bootstrap_servers: str, stop: threading.Event) -> bool:
+        """One consumer's life: True once ``stop`` is set, False when it stalled."""
         from kafka import KafkaConsumer
         from kafka.consumer.subscription_state import ConsumerRebalanceListener
         from kafka.coordinator.assignors.range import RangePartitionAssignor
         from kafka.errors import KafkaError
 
         self._bootstrap = bootstrap_servers
+        self._pending = set()  # a replaced client starts from a fresh assignment
         worker = self
         options = self.options
 
@@ -525,6 +547,7 @@ class StateWorker(Generic[S]):
         self._consumer = consumer
         lag = LagReporter(consumer, options.group_id, options.inputs, self.registry)
         try:
+            await_metadata(consumer, options.inputs)
             consumer.subscribe(list(options.inputs), listener=Listener())
             self.log.info("%s consuming as group %s", options.stage, options.group_id)
             while not stop.is_set():
@@ -536,6 +559,9 @@ class StateWorker(Generic[S]):
                         self._take(taking)
                     if batch:
                         self._process(batch)
+                        lag.handled(sum(len(records) for records in batch.values()))
+                    elif lag.stalled(options.stall_s):
+                        return False
                     self._tick()
                 except KafkaError as exc:
                     # Fenced, rebalanced or the broker is away: forget what we held, read it
@@ -547,6 +573,7 @@ class StateWorker(Generic[S]):
                     self._drop(held)
                     stop.wait(1.0)
                     self._resume(consumer, held)
+            return True
         finally:
             self._drop(set(self.producers))
             consumer.close(autocommit=False)

@@ -252,7 +252,7 @@ def test_a_broker_killed_during_a_burst_loses_no_accepted_report(
         "ESCALATE_VAR_DIR": str(tmp_path / "var"),
     }
     (tmp_path / "var").mkdir()  # faust creates its data dir below it, but not the parents
-    components = Components(env, tmp_path)
+    components = Components(env, tmp_path, verbose=True)
     names = ("intake", "processors", "grouper", "escalator", "notifier")
     try:
         # The topics, through the project's own path and settings.
@@ -271,18 +271,26 @@ def test_a_broker_killed_during_a_burst_loses_no_accepted_report(
         assert layout is not None  # wait_for returns only a truthy value
         for name, parts in layout.items():
             assert {len(p["replica_nodes"]) for p in parts} == {3}, name
-        client = admin(bootstrap)
-        try:
-            configs = client.describe_configs(
-                [
-                    ConfigResource(ConfigResourceType.TOPIC, t, {"min.insync.replicas": None})
-                    for t in topics
-                ]
-            )["topic"]
-        finally:
-            client.close()
+
+        def min_isr_settings() -> dict[str, Any] | None:
+            # A broker that has not yet seen a just-created topic's metadata answers without
+            # its configs; ask again until every topic's setting is there.
+            client = admin(bootstrap)
+            try:
+                configs = client.describe_configs(
+                    [
+                        ConfigResource(ConfigResourceType.TOPIC, t, {"min.insync.replicas": None})
+                        for t in topics
+                    ]
+                )["topic"]
+            finally:
+                client.close()
+            found = {t: configs.get(t, {}).get("min.insync.replicas") for t in topics}
+            return found if all(found.values()) else None
+
+        configs = wait_for(min_isr_settings, timeout_s=30, what="topic configs")
         for name in topics:
-            setting = configs[name]["min.insync.replicas"]
+            setting = configs[name]
             # Set on the topic at creation, not inherited from the brokers' default.
             assert (setting["value"], setting["config_source"]) == ("2", "DYNAMIC_TOPIC_CONFIG")
 

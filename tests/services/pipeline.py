@@ -76,16 +76,25 @@ def start_sink(port: int) -> tuple[Sink, Controller]:
 class Components:
     """``escalate run NAME`` subprocesses sharing one environment; logs under ``log_dir``."""
 
-    def __init__(self, env: dict[str, str], log_dir: Path) -> None:
+    def __init__(self, env: dict[str, str], log_dir: Path, verbose: bool = False) -> None:
         self.env = {**os.environ, **env}
         self.log_dir = log_dir
         self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        #: components log at INFO (partitions taken, state restored): for failures to explain
+        self.verbose = verbose
 
     def start(self, *names: str) -> None:
         for name in names:
             with (self.log_dir / f"{name}.log").open("ab") as out:
                 self.procs[name] = subprocess.Popen(
-                    [sys.executable, "-m", "escalate.cli", "run", name],
+                    [
+                        sys.executable,
+                        "-m",
+                        "escalate.cli",
+                        *(["-v"] if self.verbose else []),
+                        "run",
+                        name,
+                    ],
                     env=self.env,
                     stdout=out,
                     stderr=subprocess.STDOUT,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry
@@ -70,3 +71,34 @@ def test_it_measures_at_most_once_per_interval() -> None:
     consumer.positions[a0] = 10
     reporter.maybe_report()
     assert lag(registry, "a") == 8
+
+
+def test_a_consumer_behind_that_gets_nothing_is_stalled_and_one_caught_up_is_not() -> None:
+    """The client that stopped learning new leaders: behind, polling, receiving nothing."""
+    a0 = TP("a", 0)
+    consumer = FakeConsumer({a0: 10}, {a0: 2})
+    reporter = LagReporter(consumer, "g", ["a"], CollectorRegistry(), every_s=0)
+    reporter.maybe_report()
+    assert not reporter.stalled(after_s=0.2)  # fresh
+    time.sleep(0.3)
+    assert reporter.stalled(after_s=0.2)
+    reporter.handled(5)  # records handled: progress
+    assert not reporter.stalled(after_s=0.2)
+    time.sleep(0.3)
+    reporter.handled(0)  # an empty poll is not progress
+    assert reporter.stalled(after_s=0.2)
+    consumer.positions[a0] = 10  # caught up: waiting for new records is not a stall
+    reporter.maybe_report()
+    time.sleep(0.3)
+    reporter.maybe_report()
+    assert not reporter.stalled(after_s=0.2)
+
+
+def test_a_consumer_whose_lag_cannot_be_measured_for_long_is_stalled() -> None:
+    a0 = TP("a", 0)
+    consumer = FakeConsumer({a0: 10}, {a0: 10})
+    consumer.broken = True
+    reporter = LagReporter(consumer, "g", ["a"], CollectorRegistry(), every_s=0)
+    time.sleep(0.3)
+    reporter.maybe_report()
+    assert reporter.stalled(after_s=0.2)

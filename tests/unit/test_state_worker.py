@@ -346,3 +346,63 @@ def test_the_escalator_routes_each_input_topic_to_its_core_function() -> None:
     assert step_work.changed["inc-1"] is not None
     kinds = {m.kind for _, _, m in step_out if isinstance(m, NotificationRequest)}
     assert NotificationKind.escalation in kinds
+
+
+# ---- transactional calls with a deadline -----------------------------------------------------
+
+
+@pytest.fixture
+def bounded_producer() -> Iterable[Any]:
+    """A real kafka-python producer that never reaches a broker (nothing listens on port 1)."""
+    from consumers.transactions import TransactionalProducer
+
+    producer = TransactionalProducer(
+        bootstrap_servers="127.0.0.1:1",
+        transactional_id="unit",
+        max_block_ms=300,
+        api_version=(3, 0),  # no version probe: the constructor does not need the broker
+    )
+    yield producer
+    producer.close(timeout=0)
+
+
+@pytest.mark.parametrize(
+    ("call", "request_method", "args"),
+    [
+        ("commit_transaction", "begin_commit", ()),
+        ("abort_transaction", "begin_abort", ()),
+        ("send_offsets_to_transaction", "send_offsets_to_transaction", ({}, "group")),
+    ],
+)
+def test_a_transactional_request_the_broker_never_answers_fails_as_a_timeout(
+    bounded_producer: Any, call: str, request_method: str, args: tuple[Any, ...]
+) -> None:
+    """The request kafka-python lost with a dead coordinator: the call gives up after
+    max_block_ms with a KafkaError, which the state worker handles like a broker failure."""
+    from kafka.errors import KafkaError, KafkaTimeoutError
+    from kafka.producer.transaction_manager import TransactionalRequestResult
+
+    never = TransactionalRequestResult()
+    setattr(bounded_producer._transaction_manager, request_method, lambda *a: never)
+    started = time.monotonic()
+    with pytest.raises(KafkaTimeoutError, match="not answered within 300 ms"):
+        getattr(bounded_producer, call)(*args)
+    assert 0.25 < time.monotonic() - started < 5
+    assert issubclass(KafkaTimeoutError, KafkaError)
+
+
+def test_a_transactional_request_that_is_answered_returns_or_raises_its_own_error(
+    bounded_producer: Any,
+) -> None:
+    from kafka.errors import ProducerFencedError
+    from kafka.producer.transaction_manager import TransactionalRequestResult
+
+    answered, fenced = TransactionalRequestResult(), TransactionalRequestResult()
+    answered.done()
+    fenced.done(ProducerFencedError("another owner"))
+    manager = bounded_producer._transaction_manager
+    manager.begin_commit = lambda: answered
+    bounded_producer.commit_transaction()
+    manager.begin_commit = lambda: fenced
+    with pytest.raises(ProducerFencedError):
+        bounded_producer.commit_transaction()
