@@ -7,6 +7,7 @@ import logging
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TextIO
 
 from escalate.components import COMPONENTS
 from escalate.settings import Settings
@@ -119,8 +120,10 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_send(args: argparse.Namespace) -> int:
-    from producers.bulk_import import send_lines
+def cmd_import(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from producers.bulk_import import FileError, format_of, import_lines, read_lines, unreachable
 
     settings = _settings()
     url = args.url or f"http://{settings.http_host}:{settings.http_port}"
@@ -128,10 +131,39 @@ def cmd_send(args: argparse.Namespace) -> int:
     if not key:
         print("no API key: pass --api-key or set ESCALATE_INTAKE_API_KEYS", file=sys.stderr)
         return 2
+    fmt = format_of(args.file, args.format)
+    problem = unreachable(url)
+    if problem:
+        print(f"{problem}; nothing imported", file=sys.stderr)
+        return 2
+
+    def run(stream: TextIO, total: int | None) -> int:
+        # The bar goes to stderr and only to a terminal; stdout carries one outcome per line.
+        with tqdm(total=total, unit="report", file=sys.stderr, disable=None) as bar:
+            try:
+                summary = import_lines(
+                    read_lines(stream, fmt), url, key, sys.stdout, bar, args.workers
+                )
+            except FileError as exc:
+                print(f"{args.file}: {exc}", file=sys.stderr)
+                return 2
+        print(summary.text(), file=sys.stderr)
+        return 1 if summary.refused else 0
+
     if args.file == "-":
-        return send_lines(sys.stdin, url, key, sys.stdout)
-    with open(args.file, encoding="utf-8") as fh:
-        return send_lines(fh, url, key, sys.stdout)
+        return run(sys.stdin, None)
+    try:
+        # utf-8-sig: spreadsheets save CSV with a byte-order mark
+        with open(args.file, encoding="utf-8-sig", newline="") as fh:
+            total = sum(1 for text in fh if text.strip()) - (1 if fmt == "csv" else 0)
+            fh.seek(0)
+            return run(fh, total)
+    except UnicodeDecodeError as exc:
+        print(f"{args.file}: not UTF-8 text ({exc.reason} at byte {exc.start})", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"{args.file}: {exc.strerror}", file=sys.stderr)
+        return 2
 
 
 def cmd_review_export(args: argparse.Namespace) -> int:
@@ -230,10 +262,18 @@ def build_parser() -> argparse.ArgumentParser:
     tsub = topics.add_subparsers(dest="topics_command", required=True)
     tsub.add_parser("create", help="create missing topics").set_defaults(func=cmd_topics_create)
 
-    send = add("send", cmd_send, "post JSON-lines reports to the intake API (bulk import)")
-    send.add_argument("file", help="JSON lines, one report (or {'report': ...}) each; '-' = stdin")
-    send.add_argument("--url", help="intake base URL (default from ESCALATE_HTTP_HOST/PORT)")
-    send.add_argument("--api-key", help="X-API-Key to use (default: first configured key)")
+    import_help = "import reports from a CSV or JSON-lines file through the intake API"
+    imp = sub.add_parser("import", aliases=["send"], help=import_help, description=import_help)
+    imp.set_defaults(func=cmd_import)
+    imp.add_argument(
+        "file",
+        help="FILE.csv (header row of report fields) or FILE.jsonl (one report, or "
+        "{'report': ...}, per line); '-' = JSON lines on stdin",
+    )
+    imp.add_argument("--format", choices=["csv", "jsonl"], help="default: from the file name")
+    imp.add_argument("--url", help="intake base URL (default from ESCALATE_HTTP_HOST/PORT)")
+    imp.add_argument("--api-key", help="X-API-Key to use (default: first configured key)")
+    imp.add_argument("--workers", type=int, default=4, help="requests in flight (default 4)")
 
     review = sub.add_parser("review", help="human triage of the classifier's decisions")
     rsub = review.add_subparsers(dest="review_command", required=True)

@@ -84,7 +84,14 @@ def intake_app(settings: Settings) -> FastAPI:
     # intake is cheap (reports in flight are either acknowledged 202 or refused 503).
     policy = load_yaml_model(settings.policy_file, Policy)
     directory = load_yaml_model(settings.directory_file, Directory)
-    publisher = ReportPublisher(bootstrap, settings.topic_prefix)
+    publisher = ReportPublisher(
+        bootstrap,
+        settings.topic_prefix,
+        # Every intake process derives a keyed report's tracking code alike (see idempotency).
+        code_key=hashlib.sha256(
+            b"escalate-tracking-codes\0" + settings.secret_key.get_secret_value().encode("utf-8")
+        ).digest(),
+    )
     action_publisher = ActionPublisher(bootstrap, settings.topic_prefix)
     incidents = IncidentView(bootstrap, settings.topic_prefix)
     desk = ActionDesk(

@@ -37,3 +37,12 @@ def new_tracking_code() -> str:
     """A short code a reporter can keep, e.g. ``ESC-7K3M-9Q2X`` (40 bits of randomness)."""
     raw = "".join(secrets.choice(_CODE_ALPHABET) for _ in range(8))
     return f"ESC-{raw[:4]}-{raw[4:]}"
+
+
+def tracking_code_from(digest: bytes) -> str:
+    """The same shape of code from the first 40 bits of a secret-keyed digest."""
+    if len(digest) < 5:
+        raise ValueError("a tracking code needs at least 40 bits")
+    bits = int.from_bytes(digest[:5], "big")
+    raw = "".join(_CODE_ALPHABET[(bits >> (5 * (7 - n))) & 31] for n in range(8))
+    return f"ESC-{raw[:4]}-{raw[4:]}"

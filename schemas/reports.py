@@ -99,6 +99,19 @@ class ReportIn(BaseModel):
     evidence_urls: Annotated[list[AnyHttpUrl], Field(max_length=20)] = []
 
 
+class IdempotencyClaim(BaseModel):
+    """What a client's ``Idempotency-Key`` retry is matched by; digests only, never the key."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    key_id: str = Field(
+        pattern=r"^[0-9a-f]{32}$", description="Digest of the intake client and its key."
+    )
+    request_sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$", description="SHA-256 of the report as validated."
+    )
+
+
 class ReportSubmitted(BaseModel):
     """An accepted report: written to Kafka before the reporter is told 'accepted'."""
 
@@ -115,4 +128,9 @@ class ReportSubmitted(BaseModel):
         description="The incident this report adds to: set when a reporter sends more "
         "information from the status page of an earlier report. The grouper attaches it to "
         "that incident as an update, whatever its age or wording.",
+    )
+    idempotency: IdempotencyClaim | None = Field(
+        default=None,
+        description="Set when the client sent an Idempotency-Key: a retry with the same key "
+        "and report within 24 hours is answered with this report instead of a new one.",
     )

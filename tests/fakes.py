@@ -149,7 +149,11 @@ class FakeReportPublisher:
         self.fail = False
 
     def publish(
-        self, report: object, intake_client: str, follow_up_of: str | None = None
+        self,
+        report: object,
+        intake_client: str,
+        follow_up_of: str | None = None,
+        claim: object = None,
     ) -> object:
         import uuid
 
@@ -166,14 +170,19 @@ class FakeReportPublisher:
             intake_client=intake_client,
             report=report,
             follow_up_of=follow_up_of,
+            idempotency=claim,
         )
         self.published.append(submitted)
         return submitted
 
     async def publish_async(
-        self, report: object, intake_client: str, follow_up_of: str | None = None
+        self,
+        report: object,
+        intake_client: str,
+        follow_up_of: str | None = None,
+        claim: object = None,
     ) -> object:
-        return self.publish(report, intake_client, follow_up_of)
+        return self.publish(report, intake_client, follow_up_of, claim)
 
     def ready(self) -> bool:
         return not self.fail

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs
 
@@ -27,11 +28,20 @@ from producers.intake.bodies import (
 )
 from producers.intake.errors import field_reasons
 from producers.intake.form import form_errors, pick_lang, render_accepted, render_form
-from producers.intake.incidents import ReportLookup
+from producers.intake.idempotency import HEADER as IDEMPOTENCY_HEADER
+from producers.intake.idempotency import (
+    InFlight,
+    InvalidKey,
+    Outcome,
+    claim_for,
+    decide,
+    parse_key,
+)
+from producers.intake.incidents import ClaimLookup, ReportLookup
 from producers.intake.publisher import PublishError, ReportPublisher
 from producers.intake.ratelimit import FOLLOW_UP_RATE, LOOKUP_RATE, ClientLimiter
 from producers.intake.status import StatusDesk, StatusMetrics, add_status_routes
-from schemas.reports import ReportIn, ReportSubmitted
+from schemas.reports import IdempotencyClaim, ReportIn, ReportSubmitted
 
 
 class IntakeMetrics:
@@ -86,6 +96,9 @@ def create_app(
         metrics.requests,
     )
 
+    claims = status_view if isinstance(status_view, ClaimLookup) else None
+    in_flight = InFlight()
+
     def noted(submitted: ReportSubmitted) -> None:
         # The reporter may look the code up at once, before the view reads it back.
         if status_view is not None:
@@ -105,17 +118,30 @@ def create_app(
         status_code=202,
         responses={
             202: {"description": "Stored; keep the tracking code."},
-            400: {"description": "Body is not JSON or not a JSON object."},
+            400: {"description": "Body is not JSON, or the Idempotency-Key header is unusable."},
             401: {"description": "Missing or wrong X-API-Key."},
+            409: {"description": "The Idempotency-Key was used for a different report."},
             413: {"description": "Body larger than 64 KiB."},
             422: {"description": "A field is missing or invalid; `fields` says which and why."},
+            501: {"description": "Idempotency-Key sent to an intake that keeps none."},
             503: {"description": "The report could not be stored; nothing was accepted."},
         },
         openapi_extra={
+            "parameters": [
+                {
+                    "name": "Idempotency-Key",
+                    "in": "header",
+                    "required": False,
+                    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
+                    "description": "Any unique string per report (a UUID will do). Sending "
+                    "the same key and report again within 24 hours returns the first answer "
+                    "(with the header `Idempotent-Replayed: true`) and stores nothing new.",
+                }
+            ],
             "requestBody": {
                 "required": True,
                 "content": {"application/json": {"schema": ReportIn.model_json_schema()}},
-            }
+            },
         },
     )
     async def submit_report(request: Request) -> Response:
@@ -123,6 +149,11 @@ def create_app(
         if client is None:
             metrics.requests.labels("unknown", "unauthorized").inc()
             return json_error(401, "missing or unknown X-API-Key header")
+        try:
+            key = parse_key(request.headers.get(IDEMPOTENCY_HEADER))
+        except InvalidKey as exc:
+            metrics.requests.labels("unknown", "invalid").inc()
+            return json_error(400, str(exc))
         body = await read_body(request)
         if body is None:
             metrics.requests.labels("unknown", "invalid").inc()
@@ -140,8 +171,43 @@ def create_app(
         except ValidationError as exc:
             metrics.requests.labels("unknown", "invalid").inc()
             return json_error(422, "the report is not valid", fields=field_reasons(exc))
+        if key is None:
+            return await store(report, client, None)
+        if claims is None:
+            return json_error(501, f"this intake does not keep {IDEMPOTENCY_HEADER}s")
+        if not claims.ready():
+            # Until the reports already stored have been read back, a retry could not be
+            # recognised; refusing is safe, the client retries with the same key.
+            metrics.requests.labels(report.channel.value, "unavailable").inc()
+            return json_error(
+                503, f"cannot check the {IDEMPOTENCY_HEADER} yet, please retry", retry=True
+            )
+        claim = claim_for(client, key, report)
+
+        async def once() -> Response:
+            found = claims.find_claim(claim.key_id, datetime.now(UTC))
+            outcome = decide(claim, found)
+            if outcome is Outcome.conflict:
+                metrics.requests.labels(report.channel.value, "conflict").inc()
+                return json_error(
+                    409,
+                    f"this {IDEMPOTENCY_HEADER} was used for a different report within the "
+                    "last 24 hours; send a new key for a new report",
+                )
+            if outcome is Outcome.replayed and found is not None:
+                metrics.requests.labels(report.channel.value, "replayed").inc()
+                return JSONResponse(
+                    {"report_id": found.report_id, "tracking_code": found.tracking_code},
+                    status_code=202,
+                    headers={"Idempotent-Replayed": "true"},
+                )
+            return await store(report, client, claim)
+
+        return await in_flight.one_at_a_time(claim.key_id, once)
+
+    async def store(report: ReportIn, client: str, claim: IdempotencyClaim | None) -> Response:
         try:
-            submitted = await publisher.publish_async(report, client)
+            submitted = await publisher.publish_async(report, client, claim=claim)
         except PublishError as exc:
             metrics.requests.labels(report.channel.value, "unavailable").inc()
             return json_error(503, f"report not stored, please retry: {exc}", retry=True)

@@ -36,9 +36,10 @@ from kafka.errors import KafkaError
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from consumers.kafka_io import topic_partitions
+from producers.intake.idempotency import ClaimBook, Remembered
 from schemas.escalation import EscalationState
 from schemas.ids import _CODE_ALPHABET, incident_id_for_report
-from schemas.reports import ReportSubmitted
+from schemas.reports import IdempotencyClaim, ReportSubmitted
 from schemas.topics import ESCALATION_STATE, REPORTS_SUBMITTED
 
 log = logging.getLogger("escalate.intake.incidents")
@@ -132,6 +133,7 @@ class _SubmittedHead(BaseModel):
     received_at: datetime
     follow_up_of: str | None = None
     report: _ReportHead
+    idempotency: IdempotencyClaim | None = None
 
 
 class IncidentLookup(Protocol):
@@ -151,6 +153,15 @@ class ReportLookup(IncidentLookup, Protocol):
     def note_submitted(self, submitted: ReportSubmitted) -> None: ...
 
 
+@runtime_checkable
+class ClaimLookup(Protocol):
+    """What ``Idempotency-Key`` retries need: the reports stored under a key (see idempotency)."""
+
+    def find_claim(self, key_id: str, now: datetime) -> Remembered | None: ...
+
+    def ready(self) -> bool: ...
+
+
 class StatusIndex:
     """States by incident id and tracking codes by code, in memory; safe across threads.
 
@@ -164,6 +175,7 @@ class StatusIndex:
         self._pending: OrderedDict[str, None] = OrderedDict()
         self._max_pending = max_pending_codes
         self._lock = threading.Lock()
+        self.claims = ClaimBook()
 
     def get(self, incident_id: str) -> EscalationState | None:
         with self._lock:
@@ -230,10 +242,21 @@ class StatusIndex:
                 received_at=submitted.received_at,
                 follow_up_of=submitted.follow_up_of,
                 report=_ReportHead(school_code=submitted.report.school_code),
+                idempotency=submitted.idempotency,
             )
         )
 
     def apply_submitted(self, head: _SubmittedHead) -> None:
+        if head.idempotency is not None:
+            self.claims.remember(
+                head.idempotency.key_id,
+                Remembered(
+                    head.report_id,
+                    head.tracking_code,
+                    head.idempotency.request_sha256,
+                    head.received_at,
+                ),
+            )
         normal = normalise_tracking_code(head.tracking_code) or head.tracking_code
         # Until a state says otherwise, a report is its own incident, or, sent from the status
         # page, part of the one it follows up.
@@ -291,6 +314,9 @@ class IncidentView:
 
     def note_submitted(self, submitted: ReportSubmitted) -> None:
         self._index.note_submitted(submitted)
+
+    def find_claim(self, key_id: str, now: datetime) -> Remembered | None:
+        return self._index.claims.find(key_id, now)
 
     def ready(self) -> bool:
         return self._ready.is_set()

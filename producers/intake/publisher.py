@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import threading
 import uuid
 from datetime import UTC, datetime
@@ -13,9 +14,10 @@ from fastapi.concurrency import run_in_threadpool
 from kafka import KafkaProducer
 from kafka.errors import KafkaError, KafkaTimeoutError
 
+from producers.intake.idempotency import report_id_for, tracking_code_for
 from schemas.actions import IncidentAction
 from schemas.ids import new_tracking_code
-from schemas.reports import ReportIn, ReportSubmitted
+from schemas.reports import IdempotencyClaim, ReportIn, ReportSubmitted
 from schemas.topics import INCIDENTS_ACTIONS, REPORTS_SUBMITTED
 
 log = logging.getLogger("escalate.intake")
@@ -114,18 +116,36 @@ class _ConfirmedWriter:
 
 
 class ReportPublisher(_ConfirmedWriter):
-    def __init__(self, bootstrap: str, topic_prefix: str = "", timeout_s: float = 10.0) -> None:
-        super().__init__(bootstrap, REPORTS_SUBMITTED.name(topic_prefix), timeout_s)
+    """``code_key``: the secret tracking codes of ``Idempotency-Key`` reports derive from."""
 
-    @staticmethod
-    def _new(report: ReportIn, intake_client: str, follow_up_of: str | None) -> ReportSubmitted:
+    def __init__(
+        self,
+        bootstrap: str,
+        topic_prefix: str = "",
+        timeout_s: float = 10.0,
+        code_key: bytes = b"",
+    ) -> None:
+        super().__init__(bootstrap, REPORTS_SUBMITTED.name(topic_prefix), timeout_s)
+        self._code_key = code_key or secrets.token_bytes(32)
+
+    def _new(
+        self,
+        report: ReportIn,
+        intake_client: str,
+        follow_up_of: str | None,
+        claim: IdempotencyClaim | None,
+    ) -> ReportSubmitted:
         return ReportSubmitted(
-            report_id=str(uuid.uuid4()),
-            tracking_code=new_tracking_code(),
+            # A keyed report's ids are the same however often it is written (see idempotency).
+            report_id=str(uuid.uuid4()) if claim is None else report_id_for(claim),
+            tracking_code=(
+                new_tracking_code() if claim is None else tracking_code_for(claim, self._code_key)
+            ),
             received_at=datetime.now(UTC),
             intake_client=intake_client,
             report=report,
             follow_up_of=follow_up_of,
+            idempotency=claim,
         )
 
     @staticmethod
@@ -133,10 +153,14 @@ class ReportPublisher(_ConfirmedWriter):
         return submitted.report_id.encode("utf-8"), submitted.model_dump_json().encode("utf-8")
 
     def publish(
-        self, report: ReportIn, intake_client: str, follow_up_of: str | None = None
+        self,
+        report: ReportIn,
+        intake_client: str,
+        follow_up_of: str | None = None,
+        claim: IdempotencyClaim | None = None,
     ) -> ReportSubmitted:
         """``follow_up_of``: the incident a reporter adds this report to from the status page."""
-        submitted = self._new(report, intake_client, follow_up_of)
+        submitted = self._new(report, intake_client, follow_up_of, claim)
         try:
             self._confirm(*self._record(submitted))
         except KafkaError as exc:
@@ -145,10 +169,14 @@ class ReportPublisher(_ConfirmedWriter):
         return submitted
 
     async def publish_async(
-        self, report: ReportIn, intake_client: str, follow_up_of: str | None = None
+        self,
+        report: ReportIn,
+        intake_client: str,
+        follow_up_of: str | None = None,
+        claim: IdempotencyClaim | None = None,
     ) -> ReportSubmitted:
         """``publish`` for the event loop: returns once the broker acknowledged the report."""
-        submitted = self._new(report, intake_client, follow_up_of)
+        submitted = self._new(report, intake_client, follow_up_of, claim)
         try:
             await self._confirm_async(*self._record(submitted))
         except KafkaError as exc:
