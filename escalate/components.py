@@ -75,6 +75,7 @@ def intake_app(settings: Settings) -> FastAPI:
     from producers.intake.incidents import IncidentView
     from producers.intake.publisher import ActionPublisher, ReportPublisher
     from producers.intake.ratelimit import FOLLOW_UP_RATE, LOOKUP_RATE, share_of_rate
+    from producers.intake.schools import SchoolFinder
     from schemas.directory import Directory
     from schemas.policy import Policy
     from schemas.yaml_loader import load_yaml_model
@@ -120,6 +121,7 @@ def intake_app(settings: Settings) -> FastAPI:
         lookup_rate=share_of_rate(LOOKUP_RATE, shares),
         follow_up_rate=share_of_rate(FOLLOW_UP_RATE, shares),
         rate_limit_storage=settings.intake_rate_limit_storage,
+        schools=SchoolFinder(directory),
     )
     multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 

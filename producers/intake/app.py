@@ -10,11 +10,11 @@ import secrets
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, urlencode
 
 from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import ValidationError
 
@@ -27,7 +27,14 @@ from producers.intake.bodies import (
     read_body,
 )
 from producers.intake.errors import field_reasons
-from producers.intake.form import form_errors, pick_lang, render_accepted, render_form
+from producers.intake.form import (
+    SCHOOL_SEARCH_JS,
+    TEXT,
+    form_errors,
+    pick_lang,
+    render_accepted,
+    render_form,
+)
 from producers.intake.idempotency import HEADER as IDEMPOTENCY_HEADER
 from producers.intake.idempotency import (
     InFlight,
@@ -37,9 +44,10 @@ from producers.intake.idempotency import (
     decide,
     parse_key,
 )
-from producers.intake.incidents import ClaimLookup, ReportLookup
+from producers.intake.incidents import ClaimLookup, ReportLookup, normalise_tracking_code
 from producers.intake.publisher import PublishError, ReportPublisher
 from producers.intake.ratelimit import FOLLOW_UP_RATE, LOOKUP_RATE, ClientLimiter
+from producers.intake.schools import UNKNOWN_SCHOOL, SchoolFinder, SchoolMatch, looks_like_code
 from producers.intake.status import StatusDesk, StatusMetrics, add_status_routes
 from schemas.reports import IdempotencyClaim, ReportIn, ReportSubmitted
 
@@ -67,6 +75,7 @@ def create_app(
     lookup_rate: str = LOOKUP_RATE,
     follow_up_rate: str = FOLLOW_UP_RATE,
     rate_limit_storage: str = "memory://",
+    schools: SchoolFinder | None = None,
 ) -> FastAPI:
     """``api_keys`` maps each accepted key to the client name recorded with its reports.
 
@@ -77,6 +86,9 @@ def create_app(
     ``status_view``, or else the actions' incident view when it knows tracking codes (the
     ``IncidentView`` does); with neither they answer 503. ``lookup_rate`` and
     ``follow_up_rate`` are per-address limits in ``limits`` notation ("30/minute").
+
+    With ``schools`` the web form takes a school's name as well as its code, and
+    ``/v1/schools`` answers searches; without, the form takes codes only.
     """
     app = FastAPI(title="incident-escalation intake", version="1", docs_url="/docs")
     metrics = IntakeMetrics(registry)
@@ -218,28 +230,85 @@ def create_app(
             status_code=202,
         )
 
+    @app.get(
+        "/v1/schools",
+        responses={400: {"description": "The query is too long or the limit out of range."}},
+    )
+    async def find_schools(q: str = "", limit: int = 8) -> JSONResponse:
+        """Schools whose name (with or without accents) or code matches ``q``, best first:
+        what the form suggests and the bots offer. Names, codes and districts only."""
+        if len(q) > 200:
+            return json_error(400, "q: at most 200 characters")
+        if not 1 <= limit <= 20:
+            return json_error(400, "limit: from 1 to 20")
+        found = schools.search(q, limit) if schools is not None else []
+        return JSONResponse(
+            {"schools": [{"code": m.code, "name": m.name, "district": m.district} for m in found]}
+        )
+
+    @app.get("/report/school-search.js", include_in_schema=False)
+    async def school_search_js() -> Response:
+        return Response(
+            SCHOOL_SEARCH_JS,
+            media_type="text/javascript; charset=utf-8",
+            headers={"Cache-Control": "public, max-age=3600"},
+        )
+
     @app.get("/report", response_class=HTMLResponse)
     async def report_form(lang: str | None = None) -> HTMLResponse:
-        return HTMLResponse(render_form(pick_lang(lang)))
+        return HTMLResponse(render_form(pick_lang(lang), suggest=schools is not None))
+
+    def which_school(form: dict[str, str]) -> tuple[str, list[SchoolMatch], str | None]:
+        """(code, candidates to choose from, the name as typed when no school matched it).
+
+        A reporter who cannot find their school still gets their report in: it goes to the
+        city office's intake desk (as any code outside the directory does) with the name as
+        they typed it, rather than being refused."""
+        typed = form.get("school_code", "").strip()
+        picked = form.get("school_pick", "").strip()
+        if schools is None:
+            return typed, [], None
+        if picked and schools.by_code(picked):
+            return picked, [], None
+        school, candidates = schools.resolve(typed)
+        if school is not None:
+            return school.code, [], None
+        if candidates or not typed or looks_like_code(typed):
+            return typed, candidates, None
+        return UNKNOWN_SCHOOL, [], typed
 
     @app.post("/report", response_class=HTMLResponse)
-    async def report_form_post(request: Request, lang: str | None = None) -> HTMLResponse:
+    async def report_form_post(request: Request, lang: str | None = None) -> Response:
         language = pick_lang(lang)
+        suggest = schools is not None
         body = await read_body(request)
         if body is None:
             metrics.requests.labels("web_form", "invalid").inc()
-            return HTMLResponse(render_form(language, errors=["too large"]), status_code=413)
+            return HTMLResponse(
+                render_form(language, errors=["too large"], suggest=suggest), status_code=413
+            )
         form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+        code, candidates, typed = which_school(form)
+        if candidates:
+            metrics.requests.labels("web_form", "invalid").inc()
+            problem = f"{TEXT[language]['field_school_code']}: {TEXT[language]['pick_error']}"
+            return HTMLResponse(
+                render_form(language, form, [problem], candidates=candidates, suggest=suggest),
+                status_code=422,
+            )
         contact = {
             key: form[f"contact_{key}"].strip()
             for key in ("name", "phone", "email")
             if form.get(f"contact_{key}", "").strip()
         }
+        description = form.get("description", "")
+        if typed is not None and description.strip():
+            description = f"{description}\n\n{TEXT[language]['unknown_school_note']}: {typed}"
         data: dict[str, Any] = {
             "channel": "web_form",
             "reporter_role": form.get("reporter_role") or "anonymous",
-            "school_code": form.get("school_code", ""),
-            "description": form.get("description", ""),
+            "school_code": code,
+            "description": description,
             "immediate_danger": bool(form.get("immediate_danger")),
         }
         if form.get("category_hint"):
@@ -251,19 +320,32 @@ def create_app(
         except ValidationError as exc:
             metrics.requests.labels("web_form", "invalid").inc()
             return HTMLResponse(
-                render_form(language, form, form_errors(exc, language)), status_code=422
+                render_form(language, form, form_errors(exc, language), suggest=suggest),
+                status_code=422,
             )
         try:
             submitted = await publisher.publish_async(report, "web_form")
         except PublishError:
             metrics.requests.labels("web_form", "unavailable").inc()
-            return HTMLResponse(render_form(language, form, unavailable=True), status_code=503)
+            return HTMLResponse(
+                render_form(language, form, unavailable=True, suggest=suggest), status_code=503
+            )
         metrics.requests.labels("web_form", "accepted").inc()
         noted(submitted)
-        return HTMLResponse(
-            render_accepted(language, submitted.tracking_code, report.immediate_danger),
-            status_code=201,
-        )
+        # Post/redirect/get: reloading the thank-you page does not send the report again.
+        query = {"code": submitted.tracking_code, "lang": language}
+        if report.immediate_danger:
+            query["danger"] = "1"
+        return RedirectResponse(f"/report/accepted?{urlencode(query)}", status_code=303)
+
+    @app.get("/report/accepted", response_class=HTMLResponse)
+    async def report_accepted(
+        code: str = "", lang: str | None = None, danger: str | None = None
+    ) -> HTMLResponse:
+        normal = normalise_tracking_code(code)
+        if normal is None:
+            return HTMLResponse(render_form(pick_lang(lang)), status_code=404)
+        return HTMLResponse(render_accepted(pick_lang(lang), normal, danger == "1"))
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:

@@ -1,12 +1,15 @@
-"""The bilingual web form (Vietnamese by default, English with ?lang=en). No JavaScript needed."""
+"""The bilingual web form (Vietnamese by default, English with ?lang=en). No JavaScript needed:
+a script only adds school suggestions as one types."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from html import escape
 from urllib.parse import urlencode
 
 from pydantic import ValidationError
 
+from producers.intake.schools import SchoolMatch
 from schemas.common import Category, ReporterRole
 
 TEXT: dict[str, dict[str, str]] = {
@@ -16,7 +19,7 @@ TEXT: dict[str, dict[str, str]] = {
         "lớp học, bắt nạt, dụ dỗ, đe dọa, lừa đảo), hãy báo ngay. Có thể gửi ẩn danh.",
         "danger_note": "Nếu một em đang gặp nguy hiểm ngay lúc này, hãy gọi 113 (Công an) "
         "hoặc 111 (Tổng đài bảo vệ trẻ em) trước.",
-        "school_code": "Mã trường",
+        "school_code": "Trường",
         "role": "Bạn là",
         "description": "Chuyện gì đã xảy ra?",
         "danger": "Có em đang gặp nguy hiểm ngay lúc này",
@@ -36,7 +39,12 @@ TEXT: dict[str, dict[str, str]] = {
         "Vui lòng thử lại sau ít phút hoặc gọi 111.",
         "again": "Gửi báo cáo khác",
         "choose": "— Chọn —",
-        "school_hint": "Mã trường có trong thông báo của nhà trường, ví dụ HN-BD-THCS-001.",
+        "school_hint": "Tên trường, có dấu hay không dấu đều được, nên kèm quận/huyện (ví dụ "
+        "THCS Phan Chu Trinh Ba Đình); hoặc mã trường trong thông báo của nhà trường "
+        "(HN-BD-THCS-001).",
+        "pick_school": "Bạn muốn nói trường nào? Chọn một trường, hoặc sửa tên ở trên:",
+        "pick_error": "có nhiều trường trùng tên; hãy chọn một trường trong danh sách",
+        "unknown_school_note": "Trường (người báo tự ghi)",
         "required": "bắt buộc",
         "danger_again": "Bạn đã đánh dấu có em đang gặp nguy hiểm: hãy gọi ngay 113 hoặc 111.",
         "err_missing": "cần điền mục này",
@@ -45,7 +53,7 @@ TEXT: dict[str, dict[str, str]] = {
         "err_format": "không đúng định dạng",
         "err_choice": "hãy chọn một mục trong danh sách",
         "err_other": "không hợp lệ",
-        "field_school_code": "Mã trường",
+        "field_school_code": "Trường",
         "field_description": "Chuyện gì đã xảy ra?",
         "field_reporter_role": "Bạn là",
         "field_category_hint": "Loại sự việc",
@@ -60,7 +68,7 @@ TEXT: dict[str, dict[str, str]] = {
         "You may stay anonymous.",
         "danger_note": "If a child is in danger right now, call 113 (police) or 111 "
         "(child protection hotline) first.",
-        "school_code": "School code",
+        "school_code": "School",
         "role": "You are",
         "description": "What happened?",
         "danger": "A child is in immediate danger",
@@ -80,7 +88,11 @@ TEXT: dict[str, dict[str, str]] = {
         "Please try again in a few minutes or call 111.",
         "again": "Send another report",
         "choose": "— Choose —",
-        "school_hint": "The school code is in your school's notices, e.g. HN-BD-THCS-001.",
+        "school_hint": "The school's name, with or without accents, best with its district "
+        "(e.g. Phan Chu Trinh, Ba Dinh); or the code from a school notice (HN-BD-THCS-001).",
+        "pick_school": "Which school do you mean? Pick one, or change the name above:",
+        "pick_error": "several schools have that name; please pick one from the list",
+        "unknown_school_note": "School (as the reporter wrote it)",
         "required": "required",
         "danger_again": "You said a child is in danger: call 113 or 111 now.",
         "err_missing": "please fill this in",
@@ -89,7 +101,7 @@ TEXT: dict[str, dict[str, str]] = {
         "err_format": "not in the expected format",
         "err_choice": "please pick one of the listed options",
         "err_other": "not valid",
-        "field_school_code": "School code",
+        "field_school_code": "School",
         "field_description": "What happened?",
         "field_reporter_role": "You are",
         "field_category_hint": "Kind of incident",
@@ -214,7 +226,12 @@ def render_form(
     values: dict[str, str] | None = None,
     errors: list[str] | None = None,
     unavailable: bool = False,
+    candidates: Sequence[SchoolMatch] = (),
+    suggest: bool = False,
 ) -> str:
+    """``candidates``: schools the typed name could mean, offered as a choice (no script
+    needed); ``suggest``: the field suggests schools as the reporter types (a small script
+    asking ``/v1/schools``; without it the field still takes a name or a code)."""
     t = TEXT[lang]
     v = values or {}
     other = "en" if lang == "vi" else "vi"
@@ -248,6 +265,25 @@ def render_form(
             f"<p>{escape(t['fix'])}</p><ul>{items}</ul></div>"
         )
     checked = " checked" if v.get("immediate_danger") else ""
+    picker = ""
+    if candidates:
+        options = "".join(
+            f'<label class="check"><input type="radio" name="school_pick" '
+            f'value="{escape(c.code, quote=True)}"> <span>{escape(c.name)} '
+            f"({escape(c.district)})</span></label>"
+            for c in candidates
+        )
+        picker = (
+            f'<fieldset id="school-pick"><legend>{escape(t["pick_school"])}</legend>'
+            f"{options}</fieldset>"
+        )
+    datalist = ""
+    script = ""
+    if suggest:
+        datalist = ' list="school-suggestions"'
+        picker += '<datalist id="school-suggestions"></datalist>'
+        script = '<script src="/report/school-search.js" defer></script>'
+
     req = f'<span class="req">({escape(t["required"])})</span>'
     body = f"""
 <p><a href="/report?lang={other}" lang="{other}" hreflang="{other}">
@@ -258,10 +294,9 @@ def render_form(
 {problems}
 <form method="post" action="/report?lang={lang}" accept-charset="utf-8">
 <label for="school_code">{escape(t["school_code"])} {req}</label>
-<input type="text" id="school_code" name="school_code" required maxlength="40"
- value="{val("school_code")}" placeholder="HN-BD-THCS-001" aria-describedby="school_hint"
- autocomplete="off">
-<p class="hint" id="school_hint">{escape(t["school_hint"])}</p>
+<input type="text" id="school_code" name="school_code" required maxlength="200"
+ value="{val("school_code")}" aria-describedby="school_hint" autocomplete="off"{datalist}>
+<p class="hint" id="school_hint">{escape(t["school_hint"])}</p>{picker}
 <label for="reporter_role">{escape(t["role"])}</label>
 <select id="reporter_role" name="reporter_role">{role_opts}</select>
 <label for="description">{escape(t["description"])} {req}</label>
@@ -283,7 +318,7 @@ def render_form(
  value="{val("contact_email")}">
 </fieldset>
 <button type="submit">{escape(t["submit"])}</button>
-</form>"""
+</form>{script}"""
     return _page(lang, body)
 
 
@@ -307,3 +342,34 @@ def render_accepted(lang: str, tracking_code: str, immediate_danger: bool = Fals
 <p><a id="status-link" href="{status_href(lang, tracking_code)}">{escape(t["follow"])}</a></p></div>
 <p><a href="/report?lang={lang}">{escape(t["again"])}</a></p>"""
     return _page(lang, body, private=True)
+
+
+#: Suggestions for the school field: asks /v1/schools as the reporter types (after a pause),
+#: offers "name (district)" entries, which the server resolves like any typed name.
+SCHOOL_SEARCH_JS = """(function () {
+  var input = document.getElementById("school_code");
+  var list = document.getElementById("school-suggestions");
+  if (!input || !list || !window.fetch) return;
+  var timer = null, asked = "";
+  input.addEventListener("input", function () {
+    clearTimeout(timer);
+    timer = setTimeout(function () {
+      var q = input.value.trim();
+      if (q.length < 2 || q === asked) return;
+      asked = q;
+      fetch("/v1/schools?limit=8&q=" + encodeURIComponent(q))
+        .then(function (r) { return r.ok ? r.json() : {schools: []}; })
+        .then(function (body) {
+          if (q !== asked) return;
+          list.textContent = "";
+          body.schools.forEach(function (s) {
+            var option = document.createElement("option");
+            option.value = s.name + " (" + s.district + ")";
+            list.appendChild(option);
+          });
+        })
+        .catch(function () {});
+    }, 200);
+  });
+})();
+"""

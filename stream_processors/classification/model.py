@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from stream_processors.classification.normalize import fold
+from schemas.text import fold
 
 SCHEMA_VERSION = 1
 

@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from functools import lru_cache
 
 from schemas.rules import ClassificationRules, Shorthand
+from schemas.text import fold
 
 # Vietnamese tone marks; the other combining marks (circumflex, breve, horn) are part of the
 # letter and stay with it.
@@ -49,13 +50,6 @@ COMPOUND = "C"  # a merged compound, by index
 # A report where at least this share of word tokens carry diacritics is treated as written with
 # accents: its plain-ASCII tokens are then taken at face value ("anh" is not "ảnh").
 ACCENTED_SHARE = 0.25
-
-
-def fold(text: str) -> str:
-    """Remove every diacritic and map đ to d: the form of text typed without accents."""
-    decomposed = unicodedata.normalize("NFD", text)
-    stripped = "".join(ch for ch in decomposed if not unicodedata.combining(ch))
-    return stripped.replace("đ", "d").replace("Đ", "D")
 
 
 @lru_cache(maxsize=1 << 16)

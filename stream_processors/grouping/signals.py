@@ -34,7 +34,8 @@ from dataclasses import dataclass
 from urllib.parse import unquote
 
 from schemas.rules import ClassificationRules
-from stream_processors.classification.normalize import fold, tokenize
+from schemas.text import fold
+from stream_processors.classification.normalize import tokenize
 
 LINK_KINDS = ("zoom", "meet", "teams", "zalo")
 ACCOUNT_KINDS = ("phone", "account")

@@ -178,7 +178,8 @@ def test_web_form_posts_into_the_pipeline(intake: Any, kafka_bootstrap: str) -> 
             "immediate_danger": "1",
         },
     )
-    assert resp.status_code == 201
+    assert [r.status_code for r in resp.history] == [303]  # post/redirect/get
+    assert resp.status_code == 200 and resp.url.path == "/report/accepted"
     assert "tracking-code" in resp.text
     stored = ReportSubmitted.model_validate_json(read_topic(kafka_bootstrap, topic)[0])
     assert stored.report.channel == "web_form"

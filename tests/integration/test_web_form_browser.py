@@ -25,11 +25,15 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
+from escalate.settings import DEFAULT_CONFIG_DIR
 from escalate.topics_admin import ensure_topics
 from producers.intake.app import create_app
 from producers.intake.publisher import ReportPublisher
+from producers.intake.schools import SchoolFinder
+from schemas.directory import Directory
 from schemas.reports import ReportSubmitted
 from schemas.topics import REPORTS_SUBMITTED
+from schemas.yaml_loader import load_yaml_model
 from tests.services.http import serve
 
 pytestmark = pytest.mark.kafka
@@ -69,7 +73,8 @@ def intake(kafka_bootstrap: str, isolation: str) -> Iterator[Intake]:
     prefix = f"{isolation}."
     ensure_topics(kafka_bootstrap, prefix)
     publisher = ReportPublisher(kafka_bootstrap, prefix)
-    app = create_app(publisher, {}, CollectorRegistry())
+    directory = load_yaml_model(DEFAULT_CONFIG_DIR / "directory.yaml", Directory)
+    app = create_app(publisher, {}, CollectorRegistry(), schools=SchoolFinder(directory))
     try:
         with serve(app) as base:
             yield Intake(base, REPORTS_SUBMITTED.name(prefix), kafka_bootstrap)
@@ -132,10 +137,12 @@ def wait_lang(driver: WebDriver, lang: str) -> None:
     WebDriverWait(driver, 15).until(lambda d: page_lang(d) == lang)
 
 
-def fill(driver: WebDriver, description: str, danger: bool = False) -> None:
+def fill(
+    driver: WebDriver, description: str, danger: bool = False, school_text: str = SCHOOL
+) -> None:
     school = driver.find_element(By.ID, "school_code")
     school.clear()
-    school.send_keys(SCHOOL)
+    school.send_keys(school_text)
     Select(driver.find_element(By.ID, "reporter_role")).select_by_value("teacher")
     text = driver.find_element(By.ID, "description")
     text.clear()
@@ -157,17 +164,13 @@ def test_a_report_sent_from_the_browser_is_stored_with_its_tracking_code(
     assert page_lang(browser) == "vi"
     title = browser.find_element(By.TAG_NAME, "h1").text
     assert any(unicodedata.combining(c) for c in unicodedata.normalize("NFD", title)), title
-    assert browser.find_element(By.CSS_SELECTOR, "label[for=school_code]").text.startswith(
-        "Mã trường"
-    )
+    assert browser.find_element(By.CSS_SELECTOR, "label[for=school_code]").text.startswith("Trường")
     screenshot(browser, "form-vi")
 
     browser.find_element(By.LINK_TEXT, "English").click()
     wait_lang(browser, "en")
     assert "lang=en" in browser.current_url
-    assert browser.find_element(By.CSS_SELECTOR, "label[for=school_code]").text.startswith(
-        "School code"
-    )
+    assert browser.find_element(By.CSS_SELECTOR, "label[for=school_code]").text.startswith("School")
 
     # Typed decomposed (base letter + combining marks); the stored text must be NFC.
     typed = unicodedata.normalize("NFD", DESCRIPTION)
@@ -247,3 +250,31 @@ def test_the_form_fits_a_phone_screen(intake: Intake, browser: WebDriver) -> Non
         screenshot(browser, "form-vi-phone")
     finally:
         browser.set_window_size(1280, 1000)
+
+
+def test_a_school_found_by_its_name_typed_without_accents(
+    intake: Intake, browser: WebDriver
+) -> None:
+    """A parent does not know the code: the field suggests schools as they type, and the
+    name (here as a suggestion would fill it in) files the report under the right code.
+    Reloading the thank-you page does not send the report again (post/redirect/get)."""
+    browser.get(f"{intake.base}/report?lang=en")
+    field = browser.find_element(By.ID, "school_code")
+    field.send_keys("phan chu tri")
+    options = WebDriverWait(browser, 15).until(
+        lambda d: d.find_elements(By.CSS_SELECTOR, "#school-suggestions option")
+    )
+    suggested = [o.get_attribute("value") for o in options]
+    assert suggested[0] == "Trường THCS Phan Chu Trinh (Quận Ba Đình)", suggested
+    screenshot(browser, "form-en-school-suggestions")
+
+    fill(browser, DESCRIPTION, school_text=suggested[0] or "")
+    submit(browser)
+    shown = WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "tracking-code"))
+    code = shown.text.strip()
+    assert "/report/accepted" in browser.current_url
+    browser.refresh()
+    again = WebDriverWait(browser, 30).until(lambda d: d.find_element(By.ID, "tracking-code"))
+    assert again.text.strip() == code
+    stored = read_topic(intake)
+    assert [(s.tracking_code, s.report.school_code) for s in stored] == [(code, "HN-BD-THCS-001")]

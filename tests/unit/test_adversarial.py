@@ -16,9 +16,9 @@ import pytest
 
 from schemas.common import Severity
 from schemas.policy import Policy
+from schemas.text import fold
 from schemas.yaml_loader import load_yaml_model
 from stream_processors.classification.evaluate import LabelledReport, evaluate, render_text
-from stream_processors.classification.normalize import fold
 from tests.unit.test_classifier import DEFAULT_POLICY, DEV_CORPUS, HELDOUT, load_rows
 
 ADVERSARIAL = Path(__file__).resolve().parents[1] / "data" / "reports-adversarial.jsonl"

@@ -446,7 +446,9 @@ def test_thank_you_page_links_to_the_status_page(intake: Intake) -> None:
     }
     with intake.client() as client:
         resp = client.post("/report?lang=en", data=form)
-        assert resp.status_code == 201
+        # post/redirect/get: the thank-you page is a page of its own
+        assert [r.status_code for r in resp.history] == [303]
+        assert resp.status_code == 200
         code = re.search(r'id="tracking-code">([^<]+)<', resp.text)
         assert code is not None
         link = re.search(r'id="status-link" href="([^"]+)"', resp.text)
