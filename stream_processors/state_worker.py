@@ -297,10 +297,6 @@ class StateWorker(Generic[S]):
             producer = TransactionalProducer(
                 bootstrap_servers=self._bootstrap,
                 max_block_ms=int(self.options.transaction_call_timeout_s * 1000),
-                # A transaction's sends wait to go out together: committing flushes them at
-                # once, so this adds no latency and saves a produce request per message (the
-                # broker's largest cost under a burst). Kafka Streams does the same.
-                linger_ms=100,
                 client_id=f"{self.options.group_id}-{p}",
                 transactional_id=f"{self.options.group_id}-{p}",
                 acks="all",
