@@ -14,7 +14,18 @@ from escalate.settings import Settings
 
 
 def _settings() -> Settings:
-    return Settings()
+    from pydantic import ValidationError
+
+    from schemas.yaml_loader import ConfigError
+
+    try:
+        return Settings()
+    except ValidationError as exc:
+        problems = "\n".join(
+            f"  ESCALATE_{'_'.join(map(str, e['loc'])).upper() or '*'}: {e['msg']}"
+            for e in exc.errors(include_input=False, include_url=False)
+        )
+        raise ConfigError(f"environment settings:\n{problems}") from None
 
 
 def _load_policy(settings: Settings):  # type: ignore[no-untyped-def]

@@ -69,6 +69,8 @@ def intake_app(settings: Settings) -> FastAPI:
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
     from prometheus_client.multiprocess import MultiProcessCollector
 
+    from producers.bots.platform import ChatPlatform, TelegramPlatform
+    from producers.bots.store import ConversationStore
     from producers.intake.action_page import HelpContact
     from producers.intake.actions import ActionDesk
     from producers.intake.app import create_app
@@ -110,6 +112,17 @@ def intake_app(settings: Settings) -> FastAPI:
         help_contact=HelpContact(directory.city_office.name, directory.city_office.emails[0]),
         public_url=settings.links_base_url,
     )
+    bots: list[ChatPlatform] = []
+    bot_store: ConversationStore | None = None
+    token = settings.telegram_bot_token.get_secret_value()
+    if token:
+        bots.append(
+            TelegramPlatform(
+                token, settings.telegram_secret_token.get_secret_value(), settings.telegram_api_base
+            )
+        )
+    if bots:
+        bot_store = ConversationStore(bootstrap, settings.topic_prefix)
     # Each worker process counts in its own memory unless the storage is shared; then each gets
     # its share of the limit, so an address never gets more than the whole of it.
     shares = settings.intake_workers if settings.intake_rate_limit_storage == "memory://" else 1
@@ -122,6 +135,9 @@ def intake_app(settings: Settings) -> FastAPI:
         follow_up_rate=share_of_rate(FOLLOW_UP_RATE, shares),
         rate_limit_storage=settings.intake_rate_limit_storage,
         schools=SchoolFinder(directory),
+        bots=bots,
+        bot_store=bot_store,
+        public_url=settings.links_base_url,
     )
     multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 
@@ -137,9 +153,15 @@ def intake_app(settings: Settings) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: object) -> AsyncIterator[None]:
         incidents.start()
+        if bot_store is not None:
+            bot_store.start()
         try:
             yield
         finally:
+            for platform in bots:
+                await platform.aclose()
+            if bot_store is not None:
+                bot_store.close()
             incidents.close()
             action_publisher.close()
             publisher.close()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.common import Tier
@@ -60,7 +60,10 @@ def parse_authority_keys(raw: str) -> dict[str, tuple[str, Tier]]:
 class Settings(BaseSettings):
     """Settings from ``ESCALATE_*`` environment variables (see README, 'Configuration')."""
 
-    model_config = SettingsConfigDict(env_prefix="ESCALATE_", extra="ignore")
+    # Errors name the setting, never its value: several are secrets.
+    model_config = SettingsConfigDict(
+        env_prefix="ESCALATE_", extra="ignore", hide_input_in_errors=True
+    )
 
     kafka_bootstrap_servers: str | None = Field(
         default=None,
@@ -143,10 +146,36 @@ class Settings(BaseSettings):
         description="Longest time a processed record waits for its transaction to commit.",
     )
 
+    telegram_bot_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="The Telegram bot's token (from @BotFather); with the secret token below, "
+        "the intake serves POST /v1/bots/telegram.",
+    )
+    telegram_secret_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="The secret_token given to setWebhook: Telegram sends it in "
+        "X-Telegram-Bot-Api-Secret-Token, and updates without it are refused.",
+    )
+    telegram_api_base: str = Field(
+        default="https://api.telegram.org",
+        description="Where the bot's replies go (a local fake API in tests).",
+    )
+
     @field_validator("model_file", "model_sha256", mode="before")
     @classmethod
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
+
+    @model_validator(mode="after")
+    def _telegram_needs_both(self) -> Settings:
+        token = bool(self.telegram_bot_token.get_secret_value())
+        secret = bool(self.telegram_secret_token.get_secret_value())
+        if token != secret:
+            raise ValueError(
+                "ESCALATE_TELEGRAM_BOT_TOKEN and ESCALATE_TELEGRAM_SECRET_TOKEN go together: "
+                "without the secret, anyone could post updates in the bot's name"
+            )
+        return self
 
     @field_validator("intake_api_keys")
     @classmethod

@@ -8,6 +8,7 @@ from pydantic import BaseModel
 
 from schemas.actions import IncidentAction
 from schemas.audit import AuditEvent, DeadLetter
+from schemas.bots import Conversation
 from schemas.common import Severity
 from schemas.escalation import EscalationState
 from schemas.grouping import SchoolGroups
@@ -58,6 +59,10 @@ INCIDENTS_ACTIONS = TopicSpec("incidents.actions.v1", key="incident_id", model=I
 ESCALATION_STATE = TopicSpec(
     "escalation.state.v1", key="incident_id", model=EscalationState, compacted=True
 )
+# Where each chat bot conversation stands (``platform:chat``), read back by every intake.
+BOTS_CONVERSATIONS = TopicSpec(
+    "bots.conversations.v1", key="platform:chat", model=Conversation, compacted=True
+)
 DEAD_LETTER = TopicSpec("deadletter.v1", key="source key", model=DeadLetter, partitions=1)
 
 ALL_TOPICS: tuple[TopicSpec, ...] = (
@@ -72,6 +77,7 @@ ALL_TOPICS: tuple[TopicSpec, ...] = (
     AUDIT_EVENTS,
     INCIDENTS_ACTIONS,
     ESCALATION_STATE,
+    BOTS_CONVERSATIONS,
     DEAD_LETTER,
 )
 

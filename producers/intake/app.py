@@ -7,7 +7,7 @@ answer is 503, so no reporter is ever told 'accepted' for a report we could lose
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qs, urlencode
@@ -18,6 +18,9 @@ from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Resp
 from prometheus_client import CollectorRegistry, Counter
 from pydantic import ValidationError
 
+from producers.bots.platform import ChatPlatform
+from producers.bots.routes import BotMetrics, add_bot_routes
+from producers.bots.store import ConversationStore
 from producers.intake.actions import ActionDesk, ActionMetrics, add_action_routes
 from producers.intake.bodies import (
     MAX_BODY_BYTES,
@@ -63,6 +66,7 @@ class IntakeMetrics:
         # Registered with the intake's own metrics so they exist (at zero) in every intake.
         self.actions = ActionMetrics(registry)
         self.status = StatusMetrics(registry)
+        self.bots = BotMetrics(registry)
 
 
 def create_app(
@@ -76,6 +80,9 @@ def create_app(
     follow_up_rate: str = FOLLOW_UP_RATE,
     rate_limit_storage: str = "memory://",
     schools: SchoolFinder | None = None,
+    bots: Sequence[ChatPlatform] = (),
+    bot_store: ConversationStore | None = None,
+    public_url: str = "",
 ) -> FastAPI:
     """``api_keys`` maps each accepted key to the client name recorded with its reports.
 
@@ -89,6 +96,10 @@ def create_app(
 
     With ``schools`` the web form takes a school's name as well as its code, and
     ``/v1/schools`` answers searches; without, the form takes codes only.
+
+    Each of ``bots`` (chat platforms) gets its webhook, ``/v1/bots/{name}``; they need
+    ``schools``, a status view and ``bot_store``, and link to status pages under
+    ``public_url``.
     """
     app = FastAPI(title="incident-escalation intake", version="1", docs_url="/docs")
     metrics = IntakeMetrics(registry)
@@ -124,6 +135,22 @@ def create_app(
             if secrets.compare_digest(candidate.encode(), key.encode()):
                 found = name
         return found
+
+    if bots:
+        if schools is None or status_view is None or bot_store is None:
+            raise ValueError("chat bots need the school finder, a status view and a store")
+        for platform in bots:
+            add_bot_routes(
+                app,
+                platform,
+                bot_store,
+                publisher,
+                schools,
+                status_view,
+                public_url,
+                metrics.bots,
+                noted,
+            )
 
     @app.post(
         "/v1/reports",

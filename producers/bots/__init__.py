@@ -1,0 +1,1 @@
+"""Chat bots: reporters on Telegram (Zalo and Messenger to follow) report by conversation."""
