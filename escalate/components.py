@@ -69,7 +69,12 @@ def intake_app(settings: Settings) -> FastAPI:
     from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
     from prometheus_client.multiprocess import MultiProcessCollector
 
-    from producers.bots.platform import ChatPlatform, TelegramPlatform
+    from producers.bots.platform import (
+        ChatPlatform,
+        MessengerPlatform,
+        TelegramPlatform,
+        ZaloPlatform,
+    )
     from producers.bots.store import ConversationStore
     from producers.intake.action_page import HelpContact
     from producers.intake.actions import ActionDesk
@@ -119,6 +124,24 @@ def intake_app(settings: Settings) -> FastAPI:
         bots.append(
             TelegramPlatform(
                 token, settings.telegram_secret_token.get_secret_value(), settings.telegram_api_base
+            )
+        )
+    if settings.messenger_app_secret.get_secret_value():
+        bots.append(
+            MessengerPlatform(
+                settings.messenger_app_secret.get_secret_value(),
+                settings.messenger_page_token.get_secret_value(),
+                settings.messenger_verify_token.get_secret_value(),
+                settings.messenger_api_base,
+            )
+        )
+    if settings.zalo_app_id:
+        bots.append(
+            ZaloPlatform(
+                settings.zalo_app_id,
+                settings.zalo_oa_secret.get_secret_value(),
+                settings.zalo_access_token.get_secret_value(),
+                settings.zalo_api_base,
             )
         )
     if bots:

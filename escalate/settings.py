@@ -166,15 +166,52 @@ class Settings(BaseSettings):
     def _empty_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
+    messenger_app_secret: SecretStr = Field(
+        default=SecretStr(""),
+        description="The Meta app's secret: Messenger signs webhook calls with it.",
+    )
+    messenger_page_token: SecretStr = Field(
+        default=SecretStr(""), description="The page access token the bot replies with."
+    )
+    messenger_verify_token: SecretStr = Field(
+        default=SecretStr(""),
+        description="Any string, given to Meta when registering the webhook (GET challenge).",
+    )
+    messenger_api_base: str = "https://graph.facebook.com/v19.0"
+    zalo_app_id: str = Field(default="", description="The Zalo app linked to the OA.")
+    zalo_oa_secret: SecretStr = Field(
+        default=SecretStr(""),
+        description="The OA secret key (not the app secret): Zalo signs events with it.",
+    )
+    zalo_access_token: SecretStr = Field(
+        default=SecretStr(""), description="The OA access token the bot replies with."
+    )
+    zalo_api_base: str = "https://openapi.zalo.me"
+
     @model_validator(mode="after")
-    def _telegram_needs_both(self) -> Settings:
-        token = bool(self.telegram_bot_token.get_secret_value())
-        secret = bool(self.telegram_secret_token.get_secret_value())
-        if token != secret:
-            raise ValueError(
-                "ESCALATE_TELEGRAM_BOT_TOKEN and ESCALATE_TELEGRAM_SECRET_TOKEN go together: "
-                "without the secret, anyone could post updates in the bot's name"
-            )
+    def _bots_complete(self) -> Settings:
+        """A bot's settings come all together: a webhook without its secret would take
+        messages from anyone in the platform's name."""
+        groups = {
+            "ESCALATE_TELEGRAM_BOT_TOKEN, ESCALATE_TELEGRAM_SECRET_TOKEN": (
+                self.telegram_bot_token.get_secret_value(),
+                self.telegram_secret_token.get_secret_value(),
+            ),
+            "ESCALATE_MESSENGER_APP_SECRET, ESCALATE_MESSENGER_PAGE_TOKEN, "
+            "ESCALATE_MESSENGER_VERIFY_TOKEN": (
+                self.messenger_app_secret.get_secret_value(),
+                self.messenger_page_token.get_secret_value(),
+                self.messenger_verify_token.get_secret_value(),
+            ),
+            "ESCALATE_ZALO_APP_ID, ESCALATE_ZALO_OA_SECRET, ESCALATE_ZALO_ACCESS_TOKEN": (
+                self.zalo_app_id,
+                self.zalo_oa_secret.get_secret_value(),
+                self.zalo_access_token.get_secret_value(),
+            ),
+        }
+        for names, values in groups.items():
+            if any(values) and not all(values):
+                raise ValueError(f"{names} go together: set all of them or none")
         return self
 
     @field_validator("intake_api_keys")

@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter
 
 from producers.bots.conversation import TEXT, Incoming, Turn, advance
@@ -122,6 +122,18 @@ def add_bot_routes(
         link = status_link(code, new_state.lang) if code else ""
         for text in replies:
             await reply(message.chat, text.replace("{code}", code).replace("{link}", link))
+
+    challenge = getattr(platform, "subscription_challenge", None)
+    if challenge is not None:
+
+        @app.get(f"/v1/bots/{name}", include_in_schema=False)
+        async def subscribe(request: Request) -> Response:
+            """The platform checking the webhook when it is registered (Messenger)."""
+            answer = challenge(request.query_params)
+            if answer is None:
+                metrics.updates.labels(name, "unauthorized").inc()
+                return json_error(403, "wrong verify token")
+            return PlainTextResponse(answer)
 
     @app.post(f"/v1/bots/{name}", include_in_schema=False)
     async def webhook(request: Request) -> Response:

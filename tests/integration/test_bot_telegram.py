@@ -36,7 +36,7 @@ from schemas.topics import BOTS_CONVERSATIONS, REPORTS_SUBMITTED
 from schemas.yaml_loader import load_yaml_model
 from tests.conftest import free_port
 from tests.integration.test_report_status import read_to_end
-from tests.services.telegram import SECRET, TOKEN, FakeTelegram, fake_telegram, update
+from tests.services.chat_apis import SECRET, TOKEN, FakeChatApis, fake_chat_apis, update
 
 pytestmark = pytest.mark.kafka
 
@@ -48,7 +48,7 @@ HEADERS = {"X-Telegram-Bot-Api-Secret-Token": SECRET}
 @dataclass
 class Bot:
     client: TestClient
-    telegram: FakeTelegram
+    telegram: FakeChatApis
     bootstrap: str
     prefix: str
     registry: CollectorRegistry
@@ -84,7 +84,7 @@ def bot(kafka_bootstrap: str, isolation: str) -> Iterator[Bot]:
     registry = CollectorRegistry()
     try:
         assert view.wait_ready(30) and store.wait_caught_up(30)
-        with fake_telegram() as telegram:
+        with fake_chat_apis() as telegram:
             app = create_app(
                 publisher,
                 {},
@@ -239,7 +239,7 @@ def test_a_conversation_goes_on_after_the_intake_is_killed(
     ensure_topics(kafka_bootstrap, prefix)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    with fake_telegram() as telegram:
+    with fake_chat_apis() as telegram:
         env = {
             "ESCALATE_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
             "ESCALATE_TOPIC_PREFIX": prefix,
