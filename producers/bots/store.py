@@ -10,11 +10,10 @@ from __future__ import annotations
 import logging
 import threading
 
-from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 from pydantic import ValidationError
 
-from consumers.kafka_io import topic_partitions
+from producers.intake.follower import TopicFollower
 from producers.intake.publisher import PublishError, _ConfirmedWriter
 from schemas.bots import Conversation
 from schemas.topics import BOTS_CONVERSATIONS
@@ -33,11 +32,9 @@ class ConversationStore(_ConfirmedWriter):
         super().__init__(bootstrap, BOTS_CONVERSATIONS.name(topic_prefix), timeout_s)
         self._states: dict[str, Conversation] = {}
         self._lock = threading.Lock()
-        self._poll_ms = poll_ms
-        self._caught_up = threading.Event()
-        self._stop = threading.Event()
-        self._positions: dict[TopicPartition, int] = {}
-        self._thread: threading.Thread | None = None
+        self._follower = TopicFollower(
+            bootstrap, [self._topic], self._apply, "bot-conversations", poll_ms
+        )
 
     def get(self, key: str) -> Conversation | None:
         with self._lock:
@@ -55,21 +52,16 @@ class ConversationStore(_ConfirmedWriter):
     def caught_up(self) -> bool:
         """True once what was on the topic at start has been read: only then is a chat's
         state known, and only then may a message be answered."""
-        return self._caught_up.is_set()
+        return self._follower.caught_up()
 
     def wait_caught_up(self, timeout_s: float) -> bool:
-        return self._caught_up.wait(timeout_s)
+        return self._follower.wait_caught_up(timeout_s)
 
     def start(self) -> None:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="bot-store", daemon=True)
-            self._thread.start()
+        self._follower.start()
 
     def close(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-            self._thread = None
+        self._follower.close()
         super().close()
 
     def _remember(self, state: Conversation) -> None:
@@ -79,49 +71,9 @@ class ConversationStore(_ConfirmedWriter):
             if known is None or known.last_update <= state.last_update:
                 self._states[state.key] = state
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._follow()
-            except KafkaError as exc:
-                log.warning("bot store lost the broker (%s); retrying", type(exc).__name__)
-            except Exception:
-                log.exception("bot store failed; retrying")
-            self._stop.wait(2.0)
-
-    def _follow(self) -> None:
-        consumer = KafkaConsumer(
-            bootstrap_servers=self._bootstrap.split(","),
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            client_id=self._client_id,
-        )
-        try:
-            partitions = topic_partitions(consumer, self._topic)
-            if not partitions:
-                return
-            consumer.assign(partitions)
-            for tp in partitions:
-                if tp in self._positions:
-                    consumer.seek(tp, self._positions[tp])
-                else:
-                    consumer.seek_to_beginning(tp)
-            targets = consumer.end_offsets(partitions)
-            while not self._stop.is_set():
-                for tp, records in consumer.poll(timeout_ms=self._poll_ms).items():
-                    for record in records:
-                        self._apply(record.key, record.value, record.offset)
-                        self._positions[tp] = record.offset + 1
-                if not self._caught_up.is_set() and all(
-                    consumer.position(tp) >= end for tp, end in targets.items()
-                ):
-                    log.info("bot store caught up: %d conversations", len(self._states))
-                    self._caught_up.set()
-        finally:
-            consumer.close()
-
-    def _apply(self, key: bytes | None, value: bytes | None, offset: int) -> None:
+    def _apply(
+        self, topic: str, key: bytes | None, value: bytes | None, partition: int, offset: int
+    ) -> None:
         if value is None:
             if key is not None:
                 with self._lock:
@@ -130,9 +82,13 @@ class ConversationStore(_ConfirmedWriter):
         try:
             state = Conversation.model_validate_json(value)
         except ValidationError as exc:
-            # The offset and the count only: the value may hold what a child wrote.
+            # The position and the count only: the value may hold what a child wrote.
             log.warning(
-                "conversation at offset %d skipped: %d problem(s)", offset, len(exc.errors())
+                "conversation at %s/%d offset %d skipped: %d problem(s)",
+                topic,
+                partition,
+                offset,
+                exc.error_count(),
             )
             return
         self._remember(state)

@@ -31,11 +31,9 @@ from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Protocol, runtime_checkable
 
-from kafka import KafkaConsumer, TopicPartition
-from kafka.errors import KafkaError
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from consumers.kafka_io import topic_partitions
+from producers.intake.follower import TopicFollower
 from producers.intake.idempotency import ClaimBook, Remembered
 from schemas.escalation import EscalationState
 from schemas.ids import _CODE_ALPHABET, incident_id_for_report
@@ -294,17 +292,19 @@ class IncidentView:
         follow_reports: bool = True,
         max_pending_codes: int = MAX_PENDING_CODES,
     ) -> None:
-        self._bootstrap = bootstrap
         self._topic = ESCALATION_STATE.name(topic_prefix)
         self._reports_topic = REPORTS_SUBMITTED.name(topic_prefix) if follow_reports else None
-        self._poll_ms = poll_ms
-        self._retry_s = retry_s
         self._index = StatusIndex(max_pending_codes)
-        # Where to resume after losing the broker; only the view's thread touches it.
-        self._positions: dict[TopicPartition, int] = {}
-        self._ready = threading.Event()
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        # A broker that is away (at start or later) is waited for, not fatal: the intake keeps
+        # taking reports meanwhile, and the page says 'status not available'.
+        self._follower = TopicFollower(
+            bootstrap,
+            [self._topic] + ([self._reports_topic] if self._reports_topic else []),
+            self._apply,
+            "incident-view",
+            poll_ms,
+            retry_s,
+        )
 
     def get(self, incident_id: str) -> EscalationState | None:
         return self._index.get(incident_id)
@@ -319,91 +319,19 @@ class IncidentView:
         return self._index.claims.find(key_id, now)
 
     def ready(self) -> bool:
-        return self._ready.is_set()
+        return self._follower.caught_up()
 
     def wait_ready(self, timeout_s: float) -> bool:
-        return self._ready.wait(timeout_s)
+        return self._follower.wait_caught_up(timeout_s)
 
     def __len__(self) -> int:
         return len(self._index)
 
     def start(self) -> None:
-        if self._thread is not None:
-            return
-        self._thread = threading.Thread(target=self._run, name="incident-view", daemon=True)
-        self._thread.start()
+        self._follower.start()
 
     def close(self, timeout_s: float = 10.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout=timeout_s)
-            self._thread = None
-
-    def _run(self) -> None:
-        # A broker that is away (at start or later) is waited for, not fatal: the intake keeps
-        # taking reports meanwhile, and the page says 'status not available'.
-        while not self._stop.is_set():
-            try:
-                self._follow()
-            except KafkaError as exc:
-                log.warning("incident view lost the broker (%s); retrying", type(exc).__name__)
-            except Exception:
-                log.exception("incident view failed; retrying")
-            self._ready.clear()
-            self._stop.wait(self._retry_s)
-
-    def _follow(self) -> None:
-        consumer = KafkaConsumer(
-            bootstrap_servers=self._bootstrap.split(","),
-            group_id=None,
-            enable_auto_commit=False,
-            isolation_level="read_committed",
-            # Only used when a kept position no longer exists (topic recreated).
-            auto_offset_reset="earliest",
-            client_id="escalate-intake-incident-view",
-        )
-        try:
-            partitions = self._partitions(consumer)
-            if partitions is None:
-                return
-            consumer.assign(partitions)
-            # After a reconnect, go on from where the view was: reading from the start again
-            # would briefly show older states over the newer ones already kept.
-            for tp in partitions:
-                if tp in self._positions:
-                    consumer.seek(tp, self._positions[tp])
-                else:
-                    consumer.seek_to_beginning(tp)
-            targets: dict[TopicPartition, int] = consumer.end_offsets(partitions)
-            while not self._stop.is_set():
-                batches = consumer.poll(timeout_ms=self._poll_ms)
-                for tp, records in batches.items():
-                    for record in records:
-                        self._apply(
-                            record.topic, record.key, record.value, record.partition, record.offset
-                        )
-                        self._positions[tp] = record.offset + 1
-                if not self._ready.is_set() and all(
-                    consumer.position(tp) >= end for tp, end in targets.items()
-                ):
-                    log.info(
-                        "incident view caught up: %d incidents, %d tracking codes",
-                        len(self._index),
-                        self._index.code_count(),
-                    )
-                    self._ready.set()
-        finally:
-            consumer.close()
-
-    def _partitions(self, consumer: KafkaConsumer) -> list[TopicPartition] | None:
-        """All partitions of the followed topics, waiting while one does not exist yet."""
-        topics = [self._topic] + ([self._reports_topic] if self._reports_topic else [])
-        while not self._stop.is_set():
-            found = [topic_partitions(consumer, t, timeout_s=self._retry_s) for t in topics]
-            if all(found):
-                return [tp for partitions in found for tp in partitions]
-            self._stop.wait(self._retry_s)
-        return None
+        self._follower.close(timeout_s)
 
     def _apply(
         self, topic: str, key: bytes | None, value: bytes | None, partition: int, offset: int

@@ -11,21 +11,11 @@ from dataclasses import dataclass
 import httpx
 import pytest
 from fastapi.testclient import TestClient
-from prometheus_client import CollectorRegistry
 
-from escalate.settings import DEFAULT_CONFIG_DIR
-from escalate.topics_admin import ensure_topics
 from producers.bots.conversation import TEXT
 from producers.bots.platform import MessengerPlatform, TelegramPlatform, ZaloPlatform
-from producers.bots.store import ConversationStore
-from producers.intake.app import create_app
-from producers.intake.incidents import IncidentView
-from producers.intake.publisher import ReportPublisher
-from producers.intake.schools import SchoolFinder
-from schemas.directory import Directory
 from schemas.reports import ReportSubmitted
 from schemas.topics import REPORTS_SUBMITTED
-from schemas.yaml_loader import load_yaml_model
 from tests.integration.test_report_status import read_to_end
 from tests.services.chat_apis import (
     MESSENGER_APP_SECRET,
@@ -43,6 +33,7 @@ from tests.services.chat_apis import (
     zalo_event,
     zalo_signature,
 )
+from tests.services.intake import intake_app
 
 pytestmark = pytest.mark.kafka
 
@@ -91,39 +82,19 @@ class Bots:
 @pytest.fixture
 def bots(kafka_bootstrap: str, isolation: str) -> Iterator[Bots]:
     prefix = f"{isolation}."
-    ensure_topics(kafka_bootstrap, prefix)
-    directory = load_yaml_model(DEFAULT_CONFIG_DIR / "directory.yaml", Directory)
-    publisher = ReportPublisher(kafka_bootstrap, prefix, code_key=b"bot-test")
-    view = IncidentView(kafka_bootstrap, prefix, poll_ms=200)
-    store = ConversationStore(kafka_bootstrap, prefix, poll_ms=200)
-    view.start()
-    store.start()
-    try:
-        assert view.wait_ready(30) and store.wait_caught_up(30)
-        with fake_chat_apis() as apis:
-            platforms = [
-                TelegramPlatform(TOKEN, SECRET, apis.base),
-                MessengerPlatform(
-                    MESSENGER_APP_SECRET, MESSENGER_PAGE_TOKEN, MESSENGER_VERIFY_TOKEN, apis.base
-                ),
-                ZaloPlatform(ZALO_APP_ID, ZALO_OA_SECRET, ZALO_ACCESS_TOKEN, apis.base),
-            ]
-            app = create_app(
-                publisher,
-                {},
-                CollectorRegistry(),
-                status_view=view,
-                schools=SchoolFinder(directory),
-                bots=platforms,
-                bot_store=store,
-                public_url="https://intake.example",
-            )
-            with TestClient(app) as client:
-                yield Bots(client, apis, kafka_bootstrap, prefix)
-    finally:
-        store.close()
-        view.close()
-        publisher.close()
+    with fake_chat_apis() as apis:
+        platforms = [
+            TelegramPlatform(TOKEN, SECRET, apis.base),
+            MessengerPlatform(
+                MESSENGER_APP_SECRET, MESSENGER_PAGE_TOKEN, MESSENGER_VERIFY_TOKEN, apis.base
+            ),
+            ZaloPlatform(ZALO_APP_ID, ZALO_OA_SECRET, ZALO_ACCESS_TOKEN, apis.base),
+        ]
+        with (
+            intake_app(kafka_bootstrap, prefix, bots=platforms) as made,
+            TestClient(made.app) as client,
+        ):
+            yield Bots(client, apis, kafka_bootstrap, prefix)
 
 
 def test_a_messenger_conversation_files_a_report(bots: Bots) -> None:

@@ -20,23 +20,16 @@ import pytest
 from fastapi.testclient import TestClient
 from prometheus_client import CollectorRegistry
 
-from escalate.settings import DEFAULT_CONFIG_DIR
 from escalate.topics_admin import ensure_topics
 from producers.bots.conversation import TEXT
 from producers.bots.platform import TelegramPlatform
-from producers.bots.store import ConversationStore
-from producers.intake.app import create_app
-from producers.intake.incidents import IncidentView
-from producers.intake.publisher import ReportPublisher
-from producers.intake.schools import SchoolFinder
 from schemas.bots import Conversation
-from schemas.directory import Directory
 from schemas.reports import ReportSubmitted
 from schemas.topics import BOTS_CONVERSATIONS, REPORTS_SUBMITTED
-from schemas.yaml_loader import load_yaml_model
 from tests.conftest import free_port
 from tests.integration.test_report_status import read_to_end
 from tests.services.chat_apis import SECRET, TOKEN, FakeChatApis, fake_chat_apis, update
+from tests.services.intake import intake_app
 
 pytestmark = pytest.mark.kafka
 
@@ -74,33 +67,13 @@ class Bot:
 @pytest.fixture
 def bot(kafka_bootstrap: str, isolation: str) -> Iterator[Bot]:
     prefix = f"{isolation}."
-    ensure_topics(kafka_bootstrap, prefix)
-    directory = load_yaml_model(DEFAULT_CONFIG_DIR / "directory.yaml", Directory)
-    publisher = ReportPublisher(kafka_bootstrap, prefix, code_key=b"bot-test")
-    view = IncidentView(kafka_bootstrap, prefix, poll_ms=200)
-    store = ConversationStore(kafka_bootstrap, prefix, poll_ms=200)
-    view.start()
-    store.start()
-    registry = CollectorRegistry()
-    try:
-        assert view.wait_ready(30) and store.wait_caught_up(30)
-        with fake_chat_apis() as telegram:
-            app = create_app(
-                publisher,
-                {},
-                registry,
-                status_view=view,
-                schools=SchoolFinder(directory),
-                bots=[TelegramPlatform(TOKEN, SECRET, telegram.base)],
-                bot_store=store,
-                public_url="https://intake.example",
-            )
-            with TestClient(app) as client:
-                yield Bot(client, telegram, kafka_bootstrap, prefix, registry)
-    finally:
-        store.close()
-        view.close()
-        publisher.close()
+    with fake_chat_apis() as telegram:
+        platforms = [TelegramPlatform(TOKEN, SECRET, telegram.base)]
+        with (
+            intake_app(kafka_bootstrap, prefix, bots=platforms) as made,
+            TestClient(made.app) as client,
+        ):
+            yield Bot(client, telegram, kafka_bootstrap, prefix, made.registry)
 
 
 def test_a_conversation_files_a_report_with_what_the_form_asks(bot: Bot) -> None:

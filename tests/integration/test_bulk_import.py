@@ -12,16 +12,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry
 
-from escalate.topics_admin import ensure_topics
-from producers.intake.app import create_app
-from producers.intake.incidents import IncidentView
-from producers.intake.publisher import ReportPublisher
 from schemas.reports import ReportSubmitted
 from schemas.topics import REPORTS_SUBMITTED
 from tests.integration.test_report_status import read_to_end
 from tests.services.http import serve
+from tests.services.intake import intake_app
 
 pytestmark = pytest.mark.kafka
 
@@ -31,19 +27,11 @@ LINES = 1000
 
 @pytest.fixture
 def intake_url(kafka_bootstrap: str, isolation: str) -> Iterator[str]:
-    prefix = f"{isolation}."
-    ensure_topics(kafka_bootstrap, prefix)
-    publisher = ReportPublisher(kafka_bootstrap, prefix, code_key=b"import-test")
-    view = IncidentView(kafka_bootstrap, prefix, poll_ms=200)
-    view.start()
-    try:
-        assert view.wait_ready(30), "incident view did not catch up"
-        app = create_app(publisher, {API_KEY: "hotline"}, CollectorRegistry(), status_view=view)
-        with serve(app) as url:
-            yield url
-    finally:
-        view.close()
-        publisher.close()
+    with (
+        intake_app(kafka_bootstrap, f"{isolation}.", {API_KEY: "hotline"}) as made,
+        serve(made.app) as url,
+    ):
+        yield url
 
 
 def escalate_import(url: str, path: Path, *extra: str) -> subprocess.CompletedProcess[str]:

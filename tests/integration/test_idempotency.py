@@ -11,15 +11,12 @@ from typing import Any
 
 import pytest
 from fastapi.testclient import TestClient
-from prometheus_client import CollectorRegistry
 
 from escalate.topics_admin import ensure_topics
-from producers.intake.app import create_app
-from producers.intake.incidents import IncidentView
-from producers.intake.publisher import ReportPublisher
 from schemas.reports import ReportSubmitted
 from schemas.topics import REPORTS_SUBMITTED
 from tests.integration.test_report_status import read_to_end
+from tests.services.intake import intake_app
 
 pytestmark = pytest.mark.kafka
 
@@ -36,17 +33,11 @@ REPORT: dict[str, Any] = {
 @contextmanager
 def intake(bootstrap: str, prefix: str) -> Iterator[TestClient]:
     """One intake process: its own producer and view, as after a restart."""
-    publisher = ReportPublisher(bootstrap, prefix, code_key=CODE_KEY)
-    view = IncidentView(bootstrap, prefix, poll_ms=200)
-    view.start()
-    try:
-        assert view.wait_ready(30), "incident view did not catch up"
-        app = create_app(publisher, {API_KEY: "school-app"}, CollectorRegistry(), status_view=view)
-        with TestClient(app) as client:
-            yield client
-    finally:
-        view.close()
-        publisher.close()
+    with (
+        intake_app(bootstrap, prefix, {API_KEY: "school-app"}, CODE_KEY) as made,
+        TestClient(made.app) as client,
+    ):
+        yield client
 
 
 @pytest.fixture
