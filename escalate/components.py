@@ -329,7 +329,30 @@ def notifier_config(settings: Settings) -> NotifierConfig:
     from schemas.yaml_loader import load_yaml_model
 
     directory = load_yaml_model(settings.directory_file, Directory)
+    # The directory names each webhook's secret; its value comes from this process's
+    # environment only, so the directory file can be shared and reviewed.
+    names = {
+        hook.secret_env
+        for office in (directory.city_office, directory.police)
+        for hook in office.webhooks
+    } | {
+        hook.secret_env
+        for district in directory.districts
+        for hooks in (
+            district.office.webhooks,
+            district.police.webhooks,
+            *(school.webhooks for school in district.schools),
+        )
+        for hook in hooks
+    }
+    missing = sorted(n for n in names if not os.environ.get(n))
+    if missing:
+        log.warning(
+            "webhook secrets not set: %s; deliveries to those webhooks will fail and be recorded",
+            ", ".join(missing),
+        )
     return NotifierConfig(
+        webhook_secrets={n: os.environ[n] for n in names if os.environ.get(n)},
         smtp=smtp_config(settings),
         retry=RetryPolicy(
             max_attempts=settings.notify_max_attempts, backoff_s=settings.notify_backoff_s

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field
 
 # One plain ASCII address (RFC 5322 dot-atom characters; an internationalised domain in its
 # xn-- form): nothing that could end a header line, start a second address, or need SMTPUTF8.
@@ -19,11 +19,25 @@ Email = Annotated[
 ]
 
 
+class WebhookTarget(BaseModel):
+    """A system of the organisation that takes signed notifications (Standard Webhooks).
+
+    The signing secret is not in the directory: ``secret_env`` names the environment variable
+    of the notifier that holds it (``whsec_…``, base64), so the directory can be shared.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: AnyHttpUrl
+    secret_env: Annotated[str, Field(pattern=r"^[A-Z][A-Z0-9_]*$", max_length=100)]
+
+
 class Office(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     name: str
     emails: list[Email] = Field(min_length=1)
+    webhooks: list[WebhookTarget] = Field(default_factory=list)
 
 
 class CityOffice(Office):
@@ -36,6 +50,7 @@ class School(BaseModel):
     code: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]+$")]
     name: str
     leadership_emails: list[Email] = Field(min_length=1)
+    webhooks: list[WebhookTarget] = Field(default_factory=list)
 
 
 class District(BaseModel):

@@ -11,6 +11,7 @@ from schemas.directory import Directory
 from schemas.policy import Policy
 from schemas.reports import ReportIn
 from schemas.topics import ALL_TOPICS
+from schemas.webhooks import WebhookEvent
 
 
 def schema_documents() -> dict[str, dict[str, object]]:
@@ -18,6 +19,7 @@ def schema_documents() -> dict[str, dict[str, object]]:
         "report-in": ReportIn,
         "directory": Directory,
         "policy": Policy,
+        "webhook-event": WebhookEvent,
     }
     for spec in ALL_TOPICS:
         models[spec.base_name] = spec.model

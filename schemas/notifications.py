@@ -9,7 +9,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from schemas.common import Category, Severity, Tier
-from schemas.directory import Email
+from schemas.directory import Email, WebhookTarget
 from schemas.reports import ReporterContact
 
 
@@ -31,6 +31,11 @@ class Recipient(BaseModel):
     tier: Tier
     name: str
     email: Email
+    webhooks: list[WebhookTarget] = Field(
+        default_factory=list,
+        description="The organisation's systems told besides this mail; on one recipient of "
+        "each organisation only, so each system hears of each step once.",
+    )
 
 
 class LaterReportNote(BaseModel):
@@ -109,6 +114,8 @@ class DeliveryResult(BaseModel):
     incident_id: str
     tier: Tier
     recipient_email: str
+    channel: Literal["email", "webhook"] = "email"
+    target: str | None = Field(default=None, description="The webhook's URL (channel webhook).")
     step: int
     status: DeliveryStatus
     attempts: int

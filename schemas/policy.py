@@ -221,6 +221,11 @@ class Routing(BaseModel):
     review: ReviewPolicy = Field(default_factory=ReviewPolicy)
     second_opinion: SecondOpinionPolicy = Field(default_factory=SecondOpinionPolicy)
     grouping: GroupingPolicy = Field(default_factory=GroupingPolicy)
+    webhook_severities: list[Severity] = Field(
+        default_factory=lambda: list(Severity),
+        description="Severities whose notices also go to the organisations' webhooks "
+        "(directory `webhooks`), besides the mail.",
+    )
 
     @model_validator(mode="after")
     def _complete(self) -> Routing:

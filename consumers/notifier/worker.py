@@ -30,7 +30,7 @@ import logging
 import math
 import threading
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -54,7 +54,14 @@ from consumers.notifier.delivery import delivery_outcome, fallback_audit
 from consumers.notifier.render import render_email, render_fallback_email
 from consumers.notifier.retry import RetryPolicy, Stopped, deliver_with_retries_async
 from consumers.notifier.sender import Mail, SendError, SmtpConfig, SmtpPool
+from consumers.notifier.webhooks import (
+    WebhookSender,
+    render_webhook,
+    webhook_id,
+    webhook_outcome,
+)
 from schemas.common import Severity, Tier, utcnow
+from schemas.directory import WebhookTarget
 from schemas.links import LinkClaims, LinkPurpose, LinkSigner, action_url
 from schemas.notifications import DeliveryStatus, NotificationKind, NotificationRequest
 from schemas.topics import (
@@ -109,6 +116,8 @@ class NotifierConfig:
     #: (notifications.urgent: critical, or danger ticked), each its own consumer group, so a
     #: backlog of lesser mail never delays an urgent one
     lane: Literal["normal", "urgent"] = "normal"
+    #: the webhook signing secrets by the names the directory gives them (``secret_env``)
+    webhook_secrets: Mapping[str, str] = field(default_factory=dict)
 
 
 class NotifierMetrics:
@@ -162,6 +171,15 @@ class NotifierMetrics:
             "Requests not mailed because the same notification id was delivered already.",
             registry=registry,
         )
+        self.webhooks = Counter(
+            "escalate_webhook_deliveries",
+            "Webhook notifications finished, by recipient tier and final status.",
+            ["tier", "status"],
+            registry=registry,
+        )
+        for tier in Tier:
+            for status in DeliveryStatus:
+                self.webhooks.labels(tier=tier.value, status=status.value)
 
 
 metrics_for = PerRegistry(NotifierMetrics)
@@ -238,6 +256,7 @@ class Notifier:
         self._desk_lock = asyncio.Lock()
         self._inflight: list[asyncio.Task[_Done | None]] = []
         self._signer = LinkSigner(config.links.secret_key) if config.links else None
+        self._hooks = WebhookSender(config.webhook_secrets)
         self._delivered: OrderedDict[str, None] = OrderedDict()
         self._desk_told: OrderedDict[str, None] = OrderedDict()  # incidents the desk heard of
 
@@ -364,7 +383,63 @@ class Notifier:
         if attempts.error is not None and attempts.error.unreachable:
             raise Unavailable(f"SMTP relay unreachable: {attempts.error.reason}")
         out = await self._outcome_messages(record, req, attempts.count, attempts.error)
+        if req.recipient.webhooks:
+            # After the mail, never instead of it: a mail retried later (relay away) would
+            # otherwise send the webhook again, and one slow system must not hold the mail.
+            async with slots or contextlib.nullcontext():
+                try:
+                    out += await self._webhooks(record, req, wait)
+                except Stopped:
+                    return None
         return _Done(out, req.notification_id if attempts.error is None else None)
+
+    async def _webhooks(
+        self,
+        record: RecordLike,
+        req: NotificationRequest,
+        wait: Callable[[float], Awaitable[bool]],
+    ) -> list[Outgoing]:
+        """Each of the organisation's systems told, with the mail's retry and outcome path."""
+        out: list[Outgoing] = []
+        body = render_webhook(req, utcnow())
+        key = req.incident_id.encode("utf-8")
+        for target in req.recipient.webhooks:
+            msg_id = webhook_id(req, target)
+
+            async def attempt(target: WebhookTarget = target, msg_id: str = msg_id) -> None:
+                await self._hooks.send(target, msg_id, body)
+
+            attempts = await deliver_with_retries_async(attempt, self.config.retry, wait=wait)
+            outcome = webhook_outcome(req, target, attempts.count, attempts.error, utcnow())
+            out += [
+                Outgoing(self.results_topic, key, to_json(outcome.result)),
+                Outgoing(self.audit_topic, key, to_json(outcome.audit)),
+            ]
+            self.metrics.webhooks.labels(
+                tier=req.recipient.tier.value, status=outcome.result.status.value
+            ).inc()
+            if attempts.error is not None:
+                # The host only: a webhook URL may carry a token in its path or query.
+                host = target.url.host
+                log.error(
+                    "gave up on the webhook of incident=%s tier=%s host=%s step=%d after %d "
+                    "attempt(s): %s",
+                    req.incident_id,
+                    req.recipient.tier.value,
+                    host,
+                    req.step,
+                    attempts.count,
+                    attempts.error.reason,
+                )
+                out.append(
+                    self._letter(
+                        record,
+                        Reason.undeliverable,
+                        f"webhook to {host} failed: {attempts.error.reason}",
+                        req.incident_id,
+                    )
+                )
+        return out
 
     async def _unusable(self, record: RecordLike, reason: str) -> list[Outgoing]:
         incident = self.incident_of(record)

@@ -8,6 +8,7 @@ from datetime import datetime, timedelta
 
 from schemas.audit import AuditEvent, AuditEventType
 from schemas.common import Tier
+from schemas.directory import WebhookTarget
 from schemas.escalation import LaterReport
 from schemas.ids import event_id, notification_id
 from schemas.incidents import IncidentClassified
@@ -34,30 +35,39 @@ def recipients_for(
     place = index.find(school_code)
     if tier is Tier.city_office:
         office = directory.city_office
-        return [Recipient(tier=tier, name=office.name, email=e) for e in office.emails], False
+        return _people(tier, office.name, office.emails, office.webhooks), False
     if tier is Tier.police:
         found: list[Recipient] = []
         if place is not None:
             local = place.district.police
-            found += [Recipient(tier=tier, name=local.name, email=e) for e in local.emails]
+            found += _people(tier, local.name, local.emails, local.webhooks)
         city = directory.police
-        found += [Recipient(tier=tier, name=city.name, email=e) for e in city.emails]
+        found += _people(tier, city.name, city.emails, city.webhooks)
         return found, place is None
     if place is None:
         desk = directory.city_office
-        return [
-            Recipient(tier=Tier.city_office, name=f"{desk.name} (intake desk)", email=e)
-            for e in desk.intake_desk_emails
-        ], True
+        # The desk's own systems are the city office's: they hear of it under that tier.
+        return _people(
+            Tier.city_office, f"{desk.name} (intake desk)", desk.intake_desk_emails, []
+        ), True
     if tier is Tier.school:
         school = place.school
-        return [
-            Recipient(tier=tier, name=school.name, email=e) for e in school.leadership_emails
-        ], False
+        return _people(tier, school.name, school.leadership_emails, school.webhooks), False
     district_office = place.district.office
+    return _people(
+        tier, district_office.name, district_office.emails, district_office.webhooks
+    ), False
+
+
+def _people(
+    tier: Tier, name: str, emails: Sequence[str], webhooks: Sequence[WebhookTarget]
+) -> list[Recipient]:
+    """One organisation's recipients; its webhooks ride on the first, so that each of its
+    systems hears of a step once however many addresses it has."""
     return [
-        Recipient(tier=tier, name=district_office.name, email=e) for e in district_office.emails
-    ], False
+        Recipient(tier=tier, name=name, email=e, webhooks=list(webhooks) if n == 0 else [])
+        for n, e in enumerate(emails)
+    ]
 
 
 def ack_due_at(received_at: datetime, within: timedelta) -> datetime:
@@ -74,14 +84,18 @@ def ack_due_at(received_at: datetime, within: timedelta) -> datetime:
 
 
 def _dedupe(recipients: list[Recipient]) -> list[Recipient]:
-    seen: set[str] = set()
-    unique = []
+    """One request per address; an address listed twice keeps the webhooks of both."""
+    unique: dict[str, Recipient] = {}
     for r in recipients:
         key = r.email.lower()
-        if key not in seen:
-            seen.add(key)
-            unique.append(r)
-    return unique
+        kept = unique.get(key)
+        if kept is None:
+            unique[key] = r
+        elif r.webhooks:
+            known = {str(w.url) for w in kept.webhooks}
+            extra = [w for w in r.webhooks if str(w.url) not in known]
+            unique[key] = kept.model_copy(update={"webhooks": kept.webhooks + extra})
+    return list(unique.values())
 
 
 def plan_notifications(
@@ -112,6 +126,8 @@ def plan_notifications(
     report = incident.report
     ack_due = ack_due_at(incident.received_at, route.ack_within)
     requests = []
+    if decision.severity not in routing.webhook_severities:
+        recipients = [r.model_copy(update={"webhooks": []}) for r in recipients]
     for recipient in recipients:
         may_see_contact = (
             recipient.tier in routing.contact_visible_to and recipient.tier is not Tier.school

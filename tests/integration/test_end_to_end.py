@@ -4,6 +4,7 @@ and the audit trail read back with `escalate audit timeline`; once on SQLite, on
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -85,6 +86,19 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
 def pipeline(
     kafka_bootstrap: str, isolation: str, database_url: str, tmp_path: Path
 ) -> Iterator[tuple[str, Sink, dict[str, str]]]:
+    with running_pipeline(kafka_bootstrap, isolation, database_url, tmp_path) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def running_pipeline(
+    kafka_bootstrap: str,
+    isolation: str,
+    database_url: str,
+    tmp_path: Path,
+    extra_env: dict[str, str] | None = None,
+) -> Iterator[tuple[str, Sink, dict[str, str]]]:
+    """`escalate up` with its own SMTP sink; ``extra_env`` adds or overrides settings."""
     sink = Sink()
     smtp = Controller(sink, hostname="127.0.0.1", port=free_port())
     smtp.start()
@@ -101,6 +115,7 @@ def pipeline(
         "ESCALATE_INTAKE_API_KEYS": f"e2e={KEY}",
         "ESCALATE_VAR_DIR": str(tmp_path / "var"),
         "ESCALATE_METRICS_PORT": "0",
+        **(extra_env or {}),
     }
     log_path = tmp_path / "up.log"
     with log_path.open("wb") as log:

@@ -120,3 +120,43 @@ def test_audit_detail_holds_no_report_text_or_contact() -> None:
     plan = plan_notifications(incident(Severity.critical), POLICY, INDEX, now=NOW)
     flat = plan.audit.model_dump_json()
     assert "Something happened" not in flat and "0900 000 000" not in flat
+
+
+# ---- webhooks beside the mail ------------------------------------------------------------------
+
+
+def with_webhooks() -> DirectoryIndex:
+    """The shipped directory with systems for the Ba Đình office (two addresses) and police."""
+    raw = load_yaml_model(DEFAULT_CONFIG_DIR / "directory.yaml", Directory).model_dump(mode="json")
+    district = next(d for d in raw["districts"] if d["code"] == "HN-BD")
+    district["office"]["emails"].append("pho-phong@badinh.hanoi.example")
+    district["office"]["webhooks"] = [
+        {"url": "https://pgd.badinh.example/hooks", "secret_env": "BD_OFFICE_HOOK"}
+    ]
+    district["police"]["webhooks"] = [
+        {"url": "https://ca.badinh.example/in", "secret_env": "BD_POLICE_HOOK"}
+    ]
+    return DirectoryIndex(Directory.model_validate(raw))
+
+
+def hooks_by_email(severity: Severity, policy: Policy = POLICY) -> dict[str, list[str]]:
+    plan = plan_notifications(incident(severity), policy, with_webhooks(), now=NOW)
+    return {
+        n.recipient.email: [str(w.url) for w in n.recipient.webhooks] for n in plan.notifications
+    }
+
+
+def test_each_organisations_systems_ride_on_one_of_its_requests() -> None:
+    hooks = hooks_by_email(Severity.critical)
+    assert hooks["pgd@badinh.hanoi.example"] == ["https://pgd.badinh.example/hooks"]
+    assert hooks["pho-phong@badinh.hanoi.example"] == []  # told once, not once per address
+    assert hooks["truc-ban@ca.badinh.hanoi.example"] == ["https://ca.badinh.example/in"]
+    assert hooks["pa05-truc-ban@congan.hanoi.example"] == []  # the city police has none
+    assert hooks["bgh@thcs-pct.badinh.example"] == []
+
+
+def test_the_policy_says_which_severities_use_webhooks() -> None:
+    only_critical = POLICY.model_copy(update={"webhook_severities": [Severity.critical]})
+    assert any(hooks_by_email(Severity.critical, only_critical).values())
+    assert not any(hooks_by_email(Severity.high, only_critical).values())
+    assert any(hooks_by_email(Severity.high).values())  # the default: every severity
