@@ -353,6 +353,8 @@ def notifier_config(settings: Settings) -> NotifierConfig:
         )
     return NotifierConfig(
         webhook_secrets={n: os.environ[n] for n in names if os.environ.get(n)},
+        telegram_token=settings.telegram_bot_token.get_secret_value(),
+        telegram_api_base=settings.telegram_api_base,
         smtp=smtp_config(settings),
         retry=RetryPolicy(
             max_attempts=settings.notify_max_attempts, backoff_s=settings.notify_backoff_s

@@ -38,6 +38,8 @@ class Office(BaseModel):
     name: str
     emails: list[Email] = Field(min_length=1)
     webhooks: list[WebhookTarget] = Field(default_factory=list)
+    #: duty officers' Telegram chats (or groups) that get a short alert through the bot
+    telegram_chat_ids: list[int] = Field(default_factory=list)
 
 
 class CityOffice(Office):
@@ -51,6 +53,7 @@ class School(BaseModel):
     name: str
     leadership_emails: list[Email] = Field(min_length=1)
     webhooks: list[WebhookTarget] = Field(default_factory=list)
+    telegram_chat_ids: list[int] = Field(default_factory=list)
 
 
 class District(BaseModel):

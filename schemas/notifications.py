@@ -36,6 +36,11 @@ class Recipient(BaseModel):
         description="The organisation's systems told besides this mail; on one recipient of "
         "each organisation only, so each system hears of each step once.",
     )
+    telegram_chat_ids: list[int] = Field(
+        default_factory=list,
+        description="The organisation's duty chats alerted on Telegram besides this mail (on "
+        "one recipient of each organisation, like webhooks).",
+    )
 
 
 class LaterReportNote(BaseModel):
@@ -114,8 +119,10 @@ class DeliveryResult(BaseModel):
     incident_id: str
     tier: Tier
     recipient_email: str
-    channel: Literal["email", "webhook"] = "email"
-    target: str | None = Field(default=None, description="The webhook's URL (channel webhook).")
+    channel: Literal["email", "webhook", "telegram"] = "email"
+    target: str | None = Field(
+        default=None, description="The webhook's URL, or the Telegram chat id (not for mail)."
+    )
     step: int
     status: DeliveryStatus
     attempts: int

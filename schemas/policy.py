@@ -226,6 +226,11 @@ class Routing(BaseModel):
         description="Severities whose notices also go to the organisations' webhooks "
         "(directory `webhooks`), besides the mail.",
     )
+    telegram_severities: list[Severity] = Field(
+        default_factory=lambda: [Severity.critical, Severity.high],
+        description="Severities whose notices also alert the organisations' duty chats on "
+        "Telegram (directory `telegram_chat_ids`), besides the mail.",
+    )
 
     @model_validator(mode="after")
     def _complete(self) -> Routing:

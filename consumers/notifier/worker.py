@@ -50,15 +50,17 @@ from consumers.kafka_io import (
     validation_reason,
 )
 from consumers.metrics_registry import PerRegistry
+from consumers.notifier.chat_alerts import TelegramAlerts, render_alert, telegram_message_id
 from consumers.notifier.delivery import delivery_outcome, fallback_audit
 from consumers.notifier.render import render_email, render_fallback_email
 from consumers.notifier.retry import RetryPolicy, Stopped, deliver_with_retries_async
 from consumers.notifier.sender import Mail, SendError, SmtpConfig, SmtpPool
 from consumers.notifier.webhooks import (
+    Channel,
     WebhookSender,
+    channel_outcome,
     render_webhook,
     webhook_id,
-    webhook_outcome,
 )
 from schemas.common import Severity, Tier, utcnow
 from schemas.directory import WebhookTarget
@@ -118,6 +120,9 @@ class NotifierConfig:
     lane: Literal["normal", "urgent"] = "normal"
     #: the webhook signing secrets by the names the directory gives them (``secret_env``)
     webhook_secrets: Mapping[str, str] = field(default_factory=dict)
+    #: the bot that alerts duty chats (``telegram_chat_ids`` in the directory); empty: none
+    telegram_token: str = ""
+    telegram_api_base: str = "https://api.telegram.org"
 
 
 class NotifierMetrics:
@@ -171,15 +176,17 @@ class NotifierMetrics:
             "Requests not mailed because the same notification id was delivered already.",
             registry=registry,
         )
-        self.webhooks = Counter(
-            "escalate_webhook_deliveries",
-            "Webhook notifications finished, by recipient tier and final status.",
-            ["tier", "status"],
+        self.beside_mail = Counter(
+            "escalate_channel_deliveries",
+            "Deliveries beside the mail (webhook, telegram) finished, by channel, recipient "
+            "tier and final status.",
+            ["channel", "tier", "status"],
             registry=registry,
         )
-        for tier in Tier:
-            for status in DeliveryStatus:
-                self.webhooks.labels(tier=tier.value, status=status.value)
+        for channel in ("webhook", "telegram"):
+            for tier in Tier:
+                for status in DeliveryStatus:
+                    self.beside_mail.labels(channel=channel, tier=tier.value, status=status.value)
 
 
 metrics_for = PerRegistry(NotifierMetrics)
@@ -257,6 +264,7 @@ class Notifier:
         self._inflight: list[asyncio.Task[_Done | None]] = []
         self._signer = LinkSigner(config.links.secret_key) if config.links else None
         self._hooks = WebhookSender(config.webhook_secrets)
+        self._alerts = TelegramAlerts(config.telegram_token, config.telegram_api_base)
         self._delivered: OrderedDict[str, None] = OrderedDict()
         self._desk_told: OrderedDict[str, None] = OrderedDict()  # incidents the desk heard of
 
@@ -383,62 +391,72 @@ class Notifier:
         if attempts.error is not None and attempts.error.unreachable:
             raise Unavailable(f"SMTP relay unreachable: {attempts.error.reason}")
         out = await self._outcome_messages(record, req, attempts.count, attempts.error)
-        if req.recipient.webhooks:
+        if req.recipient.webhooks or req.recipient.telegram_chat_ids:
             # After the mail, never instead of it: a mail retried later (relay away) would
-            # otherwise send the webhook again, and one slow system must not hold the mail.
+            # otherwise send these again, and one slow system must not hold the mail.
             async with slots or contextlib.nullcontext():
                 try:
-                    out += await self._webhooks(record, req, wait)
+                    out += await self._beside_mail(record, req, wait)
                 except Stopped:
                     return None
         return _Done(out, req.notification_id if attempts.error is None else None)
 
-    async def _webhooks(
+    async def _beside_mail(
         self,
         record: RecordLike,
         req: NotificationRequest,
         wait: Callable[[float], Awaitable[bool]],
     ) -> list[Outgoing]:
-        """Each of the organisation's systems told, with the mail's retry and outcome path."""
+        """The organisation's systems (webhooks) and duty chats (Telegram), each told once,
+        with the mail's retry policy and its result, audit and dead-letter path."""
+        deliveries: list[tuple[Channel, str, str, str, Callable[[], Awaitable[None]]]] = []
+        if req.recipient.webhooks:
+            body = render_webhook(req, utcnow())
+            for hook in req.recipient.webhooks:
+                msg_id = webhook_id(req, hook)
+
+                async def post(hook: WebhookTarget = hook, msg_id: str = msg_id) -> None:
+                    await self._hooks.send(hook, msg_id, body)
+
+                # The host only in logs and dead letters: a URL may carry a token.
+                deliveries.append(("webhook", str(hook.url), hook.url.host or "?", msg_id, post))
+        if req.recipient.telegram_chat_ids:
+            text = render_alert(req, self._link(req))
+            for chat in req.recipient.telegram_chat_ids:
+
+                async def alert(chat: int = chat) -> None:
+                    await self._alerts.send(chat, text)
+
+                msg_id = telegram_message_id(req, chat)
+                deliveries.append(("telegram", str(chat), f"chat {chat}", msg_id, alert))
         out: list[Outgoing] = []
-        body = render_webhook(req, utcnow())
         key = req.incident_id.encode("utf-8")
-        for target in req.recipient.webhooks:
-            msg_id = webhook_id(req, target)
-
-            async def attempt(target: WebhookTarget = target, msg_id: str = msg_id) -> None:
-                await self._hooks.send(target, msg_id, body)
-
+        for channel, target, shown, msg_id, attempt in deliveries:
             attempts = await deliver_with_retries_async(attempt, self.config.retry, wait=wait)
-            outcome = webhook_outcome(req, target, attempts.count, attempts.error, utcnow())
+            outcome = channel_outcome(
+                req, channel, target, msg_id, attempts.count, attempts.error, utcnow()
+            )
             out += [
                 Outgoing(self.results_topic, key, to_json(outcome.result)),
                 Outgoing(self.audit_topic, key, to_json(outcome.audit)),
             ]
-            self.metrics.webhooks.labels(
-                tier=req.recipient.tier.value, status=outcome.result.status.value
+            self.metrics.beside_mail.labels(
+                channel=channel, tier=req.recipient.tier.value, status=outcome.result.status.value
             ).inc()
-            if attempts.error is not None:
-                # The host only: a webhook URL may carry a token in its path or query.
-                host = target.url.host
-                log.error(
-                    "gave up on the webhook of incident=%s tier=%s host=%s step=%d after %d "
-                    "attempt(s): %s",
-                    req.incident_id,
-                    req.recipient.tier.value,
-                    host,
-                    req.step,
-                    attempts.count,
-                    attempts.error.reason,
-                )
-                out.append(
-                    self._letter(
-                        record,
-                        Reason.undeliverable,
-                        f"webhook to {host} failed: {attempts.error.reason}",
-                        req.incident_id,
-                    )
-                )
+            if attempts.error is None:
+                continue
+            log.error(
+                "gave up on the %s of incident=%s tier=%s (%s) step=%d after %d attempt(s): %s",
+                channel,
+                req.incident_id,
+                req.recipient.tier.value,
+                shown,
+                req.step,
+                attempts.count,
+                attempts.error.reason,
+            )
+            reason = f"{channel} to {shown} failed: {attempts.error.reason}"
+            out.append(self._letter(record, Reason.undeliverable, reason, req.incident_id))
         return out
 
     async def _unusable(self, record: RecordLike, reason: str) -> list[Outgoing]:

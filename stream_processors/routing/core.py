@@ -8,7 +8,7 @@ from datetime import datetime, timedelta
 
 from schemas.audit import AuditEvent, AuditEventType
 from schemas.common import Tier
-from schemas.directory import WebhookTarget
+from schemas.directory import Office, School
 from schemas.escalation import LaterReport
 from schemas.ids import event_id, notification_id
 from schemas.incidents import IncidentClassified
@@ -35,37 +35,37 @@ def recipients_for(
     place = index.find(school_code)
     if tier is Tier.city_office:
         office = directory.city_office
-        return _people(tier, office.name, office.emails, office.webhooks), False
+        return _people(tier, office), False
     if tier is Tier.police:
         found: list[Recipient] = []
         if place is not None:
-            local = place.district.police
-            found += _people(tier, local.name, local.emails, local.webhooks)
-        city = directory.police
-        found += _people(tier, city.name, city.emails, city.webhooks)
+            found += _people(tier, place.district.police)
+        found += _people(tier, directory.police)
         return found, place is None
     if place is None:
         desk = directory.city_office
         # The desk's own systems are the city office's: they hear of it under that tier.
-        return _people(
-            Tier.city_office, f"{desk.name} (intake desk)", desk.intake_desk_emails, []
-        ), True
+        return [
+            Recipient(tier=Tier.city_office, name=f"{desk.name} (intake desk)", email=e)
+            for e in desk.intake_desk_emails
+        ], True
     if tier is Tier.school:
-        school = place.school
-        return _people(tier, school.name, school.leadership_emails, school.webhooks), False
-    district_office = place.district.office
-    return _people(
-        tier, district_office.name, district_office.emails, district_office.webhooks
-    ), False
+        return _people(tier, place.school), False
+    return _people(tier, place.district.office), False
 
 
-def _people(
-    tier: Tier, name: str, emails: Sequence[str], webhooks: Sequence[WebhookTarget]
-) -> list[Recipient]:
-    """One organisation's recipients; its webhooks ride on the first, so that each of its
-    systems hears of a step once however many addresses it has."""
+def _people(tier: Tier, org: Office | School) -> list[Recipient]:
+    """One organisation's recipients; its webhooks and duty chats ride on the first, so that
+    each of them hears of a step once however many addresses it has."""
+    emails = org.leadership_emails if isinstance(org, School) else org.emails
     return [
-        Recipient(tier=tier, name=name, email=e, webhooks=list(webhooks) if n == 0 else [])
+        Recipient(
+            tier=tier,
+            name=org.name,
+            email=e,
+            webhooks=list(org.webhooks) if n == 0 else [],
+            telegram_chat_ids=list(org.telegram_chat_ids) if n == 0 else [],
+        )
         for n, e in enumerate(emails)
     ]
 
@@ -84,17 +84,22 @@ def ack_due_at(received_at: datetime, within: timedelta) -> datetime:
 
 
 def _dedupe(recipients: list[Recipient]) -> list[Recipient]:
-    """One request per address; an address listed twice keeps the webhooks of both."""
+    """One request per address; an address listed twice keeps the webhooks and chats of both."""
     unique: dict[str, Recipient] = {}
     for r in recipients:
         key = r.email.lower()
         kept = unique.get(key)
         if kept is None:
             unique[key] = r
-        elif r.webhooks:
+        elif r.webhooks or r.telegram_chat_ids:
             known = {str(w.url) for w in kept.webhooks}
             extra = [w for w in r.webhooks if str(w.url) not in known]
-            unique[key] = kept.model_copy(update={"webhooks": kept.webhooks + extra})
+            chats = kept.telegram_chat_ids + [
+                c for c in r.telegram_chat_ids if c not in kept.telegram_chat_ids
+            ]
+            unique[key] = kept.model_copy(
+                update={"webhooks": kept.webhooks + extra, "telegram_chat_ids": chats}
+            )
     return list(unique.values())
 
 
@@ -128,6 +133,8 @@ def plan_notifications(
     requests = []
     if decision.severity not in routing.webhook_severities:
         recipients = [r.model_copy(update={"webhooks": []}) for r in recipients]
+    if decision.severity not in routing.telegram_severities:
+        recipients = [r.model_copy(update={"telegram_chat_ids": []}) for r in recipients]
     for recipient in recipients:
         may_see_contact = (
             recipient.tier in routing.contact_visible_to and recipient.tier is not Tier.school

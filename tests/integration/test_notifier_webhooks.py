@@ -24,6 +24,7 @@ from tests.integration.test_notifier_smtp import (
     record_for,
     smtp,  # noqa: F401 (the fixture)
 )
+from tests.services.chat_apis import TOKEN, fake_chat_apis
 from tests.services.webhook_receiver import SECRET, Receiver, webhook_receiver
 
 RESULTS, AUDIT, DEAD = "t.notifications.results.v1", "t.audit.events.v1", "t.deadletter.v1"
@@ -82,7 +83,8 @@ def test_a_notice_reaches_the_mail_and_the_webhook_once_despite_a_retry(
     assert audits[1].event is AuditEventType.notified
     assert DESCRIPTION not in str(audits[1].detail) and DESCRIPTION not in caplog.text
     delivered = registry.get_sample_value(
-        "escalate_webhook_deliveries_total", {"tier": "district_office", "status": "delivered"}
+        "escalate_channel_deliveries_total",
+        {"channel": "webhook", "tier": "district_office", "status": "delivered"},
     )
     assert delivered == 1
 
@@ -129,3 +131,61 @@ def test_a_forged_signature_is_refused_by_the_receiver(
     assert out is not None
     assert receiver.calls and not any(verified for _, verified in receiver.calls)
     assert receiver.events == {}
+
+
+# ---- alerts to duty officers' Telegram chats ---------------------------------------------------
+
+
+DUTY_CHAT = -1001234567890  # a group, as duty rooms usually are
+
+
+def test_a_duty_chat_gets_a_short_alert_without_the_report_text(
+    smtp: Smtp,  # noqa: F811
+) -> None:
+    with fake_chat_apis() as apis:
+        config = replace(smtp.config, telegram_token=TOKEN, telegram_api_base=apis.base)
+        notifier, registry = make_notifier(config)
+        recipient = Recipient(
+            tier="police",
+            name="Công an quận Ba Đình",
+            email="truc-ban@ca.bd.example",
+            telegram_chat_ids=[DUTY_CHAT],
+        )
+        req = make_request(recipient=recipient, immediate_danger=True)
+        out = notifier.deliver(record_for(req))
+        (alert,) = apis.texts(DUTY_CHAT)
+    assert out is not None and len(smtp.handler.messages) == 1
+    assert alert.startswith("[KHẨN CẤP] Sự việc mới: sexual_exploitation")
+    assert "Trường THCS Nguyễn Trãi (Ba Đình)" in alert
+    assert "nguy hiểm ngay lúc này" in alert and "ESC-7K3M-9Q2X" in alert
+    assert "20:20 02/03/2026" in alert  # the deadline in Hanoi time
+    assert req.contact is not None and req.contact.phone is not None
+    assert DESCRIPTION not in alert and req.contact.phone not in alert
+    results = [DeliveryResult.model_validate_json(v) for v in by_topic(out)[RESULTS]]
+    assert [(r.channel, r.target, r.status) for r in results] == [
+        ("email", None, DeliveryStatus.delivered),
+        ("telegram", str(DUTY_CHAT), DeliveryStatus.delivered),
+    ]
+    assert (
+        registry.get_sample_value(
+            "escalate_channel_deliveries_total",
+            {"channel": "telegram", "tier": "police", "status": "delivered"},
+        )
+        == 1
+    )
+
+
+def test_a_chat_that_blocked_the_bot_is_dead_lettered_and_the_mail_still_goes(
+    smtp: Smtp,  # noqa: F811
+) -> None:
+    with fake_chat_apis() as apis:
+        apis.blocked.add(DUTY_CHAT)
+        config = replace(smtp.config, telegram_token=TOKEN, telegram_api_base=apis.base)
+        notifier, _ = make_notifier(config)
+        recipient = Recipient(
+            tier="police", name="CA", email="truc-ban@ca.bd.example", telegram_chat_ids=[DUTY_CHAT]
+        )
+        out = notifier.deliver(record_for(make_request(recipient=recipient)))
+    assert out is not None and len(smtp.handler.messages) == 1
+    (letter,) = [DeadLetter.model_validate_json(v) for v in by_topic(out)[DEAD]]
+    assert f"telegram to chat {DUTY_CHAT} failed: Telegram answered 403" in letter.reason

@@ -136,6 +136,7 @@ def with_webhooks() -> DirectoryIndex:
     district["police"]["webhooks"] = [
         {"url": "https://ca.badinh.example/in", "secret_env": "BD_POLICE_HOOK"}
     ]
+    district["police"]["telegram_chat_ids"] = [-1001234567890]
     return DirectoryIndex(Directory.model_validate(raw))
 
 
@@ -160,3 +161,16 @@ def test_the_policy_says_which_severities_use_webhooks() -> None:
     assert any(hooks_by_email(Severity.critical, only_critical).values())
     assert not any(hooks_by_email(Severity.high, only_critical).values())
     assert any(hooks_by_email(Severity.high).values())  # the default: every severity
+
+
+def test_duty_chats_are_alerted_for_critical_and_high_by_default() -> None:
+    def chats(severity: Severity, policy: Policy = POLICY) -> dict[str, list[int]]:
+        plan = plan_notifications(incident(severity), policy, with_webhooks(), now=NOW)
+        return {n.recipient.email: n.recipient.telegram_chat_ids for n in plan.notifications}
+
+    critical = chats(Severity.critical)
+    assert critical["truc-ban@ca.badinh.hanoi.example"] == [-1001234567890]
+    assert sum(map(len, critical.values())) == 1  # one alert per chat, not per address
+    quiet = POLICY.model_copy(update={"telegram_severities": [Severity.low]})
+    assert "truc-ban@ca.badinh.hanoi.example" in chats(Severity.critical, quiet)
+    assert not any(chats(Severity.critical, quiet).values())
