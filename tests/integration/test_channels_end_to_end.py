@@ -6,6 +6,7 @@ chat; the audit trail records each delivery."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -24,13 +25,20 @@ STORY = "Một người lạ nhắn tin cho con tôi, đòi gửi ảnh khỏa t
 
 
 def say(base: str, update_id: int, text: str) -> None:
-    resp = httpx.post(
-        f"{base}/v1/bots/telegram",
-        json=update(update_id, PARENT, text),
-        headers={"X-Telegram-Bot-Api-Secret-Token": SECRET},
-        timeout=30,
-    )
-    assert resp.status_code == 200, resp.text
+    """Deliver an update as Telegram does: again while the answer is 503 (just after start
+    the intake is still reading the conversations back)."""
+    deadline = time.monotonic() + 60
+    while True:
+        resp = httpx.post(
+            f"{base}/v1/bots/telegram",
+            json=update(update_id, PARENT, text),
+            headers={"X-Telegram-Bot-Api-Secret-Token": SECRET},
+            timeout=30,
+        )
+        if resp.status_code == 200:
+            return
+        assert resp.status_code == 503 and time.monotonic() < deadline, resp.text
+        time.sleep(0.5)
 
 
 def test_a_report_through_the_bot_reaches_mail_webhook_and_duty_chat(
