@@ -17,7 +17,7 @@ from typing import Literal
 
 from producers.intake.schools import UNKNOWN_SCHOOL, SchoolFinder, SchoolMatch, looks_like_code
 from schemas.bots import ChatStep, Conversation
-from schemas.reports import ReportIn
+from schemas.reports import MAX_DESCRIPTION_CHARS, ReportIn
 from schemas.text import fold
 
 Lang = Literal["vi", "en"]
@@ -43,6 +43,8 @@ DANGER_PHRASES = (
     "kill myself",
     "suicide",
 )
+#: the shortest text a report may have (schemas.reports.ReportIn)
+MIN_TEXT = 5
 YES = {"co", "yes", "y", "dung", "vang", "da", "phai", "1"}
 NO = {"khong", "ko", "k", "no", "n", "chua", "0"}
 
@@ -68,6 +70,7 @@ TEXT: dict[str, dict[str, str]] = {
         "done": "Báo cáo của bạn (mã {code}) đã được tiếp nhận. Gửi /new để báo một sự việc "
         "khác, hoặc bổ sung thông tin tại {link}",
         "unknown_school": "Trường (người báo tự ghi)",
+        "only_wrote": "Người báo chỉ nhắn",
         "not_stored": "Hệ thống tạm thời chưa lưu được báo cáo. Xin gửi lại tin nhắn sau ít "
         "phút, hoặc gọi 111.",
     },
@@ -93,6 +96,7 @@ TEXT: dict[str, dict[str, str]] = {
         "done": "Your report (code {code}) was received. Send /new to report something else, "
         "or add information at {link}",
         "unknown_school": "School (as the reporter wrote it)",
+        "only_wrote": "The reporter only wrote",
         "not_stored": "We could not store the report just now. Please send your message again "
         "in a few minutes, or call 111.",
     },
@@ -313,10 +317,15 @@ def _question(state: Conversation, t: dict[str, str]) -> str:
 
 
 def _report(state: Conversation, description: str) -> ReportIn:
+    """The report as the intake takes it from any channel. A chat message may be shorter
+    than a report's text must be ("SOS") or longer: it is framed or cut, never refused."""
     t = TEXT[state.lang]
-    text = description
+    text = description.strip()
+    if len(text) < MIN_TEXT:
+        text = f"{t['only_wrote']}: {text}"
     if state.school_typed:
         text = f"{text}\n\n{t['unknown_school']}: {state.school_typed}"
+    text = text[:MAX_DESCRIPTION_CHARS]
     return ReportIn.model_validate(
         {
             "channel": state.platform,

@@ -22,6 +22,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CollectorRegistry, Counter
 
+from consumers.dead_letters import describe_failure
 from producers.bots.conversation import TEXT, Incoming, Turn, advance
 from producers.bots.platform import BadPayload, ChatPlatform, SendFailed
 from producers.bots.store import ConversationStore
@@ -41,7 +42,7 @@ class BotMetrics:
         self.updates = Counter(
             "escalate_bot_updates_total",
             "Webhook calls from chat platforms by outcome (handled, unauthorized, invalid, "
-            "unavailable).",
+            "unavailable, failed).",
             ["platform", "outcome"],
             registry=registry,
         )
@@ -153,13 +154,25 @@ def add_bot_routes(
             metrics.updates.labels(name, "unavailable").inc()
             return json_error(503, "conversations are still being read back; retry", retry=True)
         for message in messages:
+            state = store.get(f"{message.platform}:{message.chat}")
+            lang = state.lang if state is not None else "vi"
             try:
                 await handle(message)
             except PublishError:
                 metrics.updates.labels(name, "unavailable").inc()
-                state = store.get(f"{message.platform}:{message.chat}")
-                lang = state.lang if state is not None else "vi"
                 await reply(message.chat, TEXT[lang]["not_stored"])
                 return json_error(503, "not stored; deliver the update again", retry=True)
+            except Exception as exc:
+                # A fault of ours that a redelivery would only repeat: answered 200 so the
+                # platform stops, but never silently: counted, logged (without the message),
+                # and the reporter told to send it again or call 111.
+                metrics.updates.labels(name, "failed").inc()
+                log.error(
+                    "%s message %d of a chat not handled: %s",
+                    name,
+                    message.update_id,
+                    describe_failure(exc),
+                )
+                await reply(message.chat, TEXT[lang]["not_stored"])
         metrics.updates.labels(name, "handled").inc()
         return JSONResponse({})

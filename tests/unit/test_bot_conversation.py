@@ -154,3 +154,17 @@ def test_the_language_guess() -> None:
     assert guess_lang("Hello, my child saw something", None) == "en"
     assert guess_lang("con toi bi bat nat", None) == "vi"
     assert guess_lang("Chào bạn", None) == "vi"
+
+
+def test_a_message_too_short_or_too_long_for_a_report_is_framed_or_cut_not_refused() -> None:
+    from schemas.reports import MAX_DESCRIPTION_CHARS
+
+    sos = Chat().send("SOS")
+    assert sos.report is not None and sos.replies[0] == TEXT["vi"]["emergency"]
+    assert sos.report.description == "Người báo chỉ nhắn: SOS"
+    chat = Chat(hint="en")
+    chat.send("/start")
+    chat.send("BD-2")
+    chat.send("x" * (MAX_DESCRIPTION_CHARS + 500))
+    long = chat.send("no")
+    assert long.report is not None and len(long.report.description) == MAX_DESCRIPTION_CHARS
