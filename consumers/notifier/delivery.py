@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from consumers.notifier.render import fallback_message_id, message_id_for
 from consumers.notifier.sender import SendError
@@ -28,10 +28,40 @@ class Outcome:
         return self.result.status is DeliveryStatus.delivered
 
 
+#: the deliveries beside the mail
+Channel = Literal["webhook", "telegram"]
+
+
 def delivery_outcome(
     req: NotificationRequest, attempts: int, error: SendError | None, now: datetime
 ) -> Outcome:
-    message_id = message_id_for(req)
+    """The mail's result and audit record."""
+    return _outcome(req, attempts, error, now, message_id_for(req), req.recipient.email)
+
+
+def channel_outcome(
+    req: NotificationRequest,
+    channel: Channel,
+    target: str,
+    message_id: str,
+    attempts: int,
+    error: SendError | None,
+    now: datetime,
+) -> Outcome:
+    """A delivery beside the mail (a webhook, a duty chat): the same record, naming the
+    channel and the target instead of the address."""
+    return _outcome(req, attempts, error, now, message_id, target, channel)
+
+
+def _outcome(
+    req: NotificationRequest,
+    attempts: int,
+    error: SendError | None,
+    now: datetime,
+    message_id: str,
+    recipient: str,
+    channel: Channel | None = None,
+) -> Outcome:
     status = DeliveryStatus.delivered if error is None else DeliveryStatus.failed
     result = DeliveryResult(
         notification_id=req.notification_id,
@@ -44,12 +74,17 @@ def delivery_outcome(
         at=now,
         message_id=message_id,
         error=None if error is None else error.reason,
+        **({"channel": channel, "target": recipient} if channel else {}),
     )
     event_type = AuditEventType.notified if error is None else AuditEventType.notify_failed
     # Only routing facts: never the description or the reporter's contact details.
-    detail: dict[str, Any] = {
-        "tier": req.recipient.tier.value,
-        "recipient": req.recipient.email,
+    detail: dict[str, Any] = {"tier": req.recipient.tier.value}
+    if channel:
+        detail["channel"] = channel
+    detail["recipient"] = recipient
+    if channel:
+        detail["organisation"] = req.recipient.name
+    detail |= {
         "message_id": message_id,
         "step": req.step,
         "attempts": attempts,
@@ -59,8 +94,10 @@ def delivery_outcome(
     if error is not None:
         detail["error"] = error.reason
         detail["error_kind"] = error.kind
+    # The mail's event id stays as it always was; a channel's names the channel and target.
+    parts = (channel, recipient) if channel else ()
     audit = AuditEvent(
-        event_id=event_id(req.incident_id, event_type.value, req.notification_id),
+        event_id=event_id(req.incident_id, event_type.value, req.notification_id, *parts),
         incident_id=req.incident_id,
         event=event_type,
         at=now,

@@ -16,21 +16,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any, Literal
 
 import httpx
 from standardwebhooks import Webhook
 
-from consumers.notifier.delivery import Outcome
+from consumers.notifier.delivery import Outcome, channel_outcome
 from consumers.notifier.sender import SendError
-from schemas.audit import AuditEvent, AuditEventType
 from schemas.directory import WebhookTarget
 from schemas.ids import event_id
-from schemas.notifications import DeliveryResult, DeliveryStatus, NotificationRequest
+from schemas.notifications import NotificationRequest
 from schemas.webhooks import IncidentNotice, WebhookEvent
-
-#: the deliveries beside the mail
-Channel = Literal["webhook", "telegram"]
 
 #: answers that say "try again later"; other 4xx say the receiver will not take this event
 _TRANSIENT = {408, 409, 425, 429}
@@ -135,55 +130,3 @@ def webhook_outcome(
     return channel_outcome(
         req, "webhook", str(target.url), webhook_id(req, target), attempts, error, now
     )
-
-
-def channel_outcome(
-    req: NotificationRequest,
-    channel: Channel,
-    target: str,
-    message_id: str,
-    attempts: int,
-    error: SendError | None,
-    now: datetime,
-) -> Outcome:
-    """What a delivery beside the mail means: its result and audit record (pure)."""
-    status = DeliveryStatus.delivered if error is None else DeliveryStatus.failed
-    result = DeliveryResult(
-        notification_id=req.notification_id,
-        incident_id=req.incident_id,
-        tier=req.recipient.tier,
-        recipient_email=req.recipient.email,
-        channel=channel,
-        target=target,
-        step=req.step,
-        status=status,
-        attempts=attempts,
-        at=now,
-        message_id=message_id,
-        error=None if error is None else error.reason,
-    )
-    event_type = AuditEventType.notified if error is None else AuditEventType.notify_failed
-    detail: dict[str, Any] = {
-        "tier": req.recipient.tier.value,
-        "channel": channel,
-        "recipient": target,
-        "organisation": req.recipient.name,
-        "message_id": message_id,
-        "step": req.step,
-        "attempts": attempts,
-        "notification_id": req.notification_id,
-        "severity": req.severity.value,
-    }
-    if error is not None:
-        detail["error"] = error.reason
-        detail["error_kind"] = error.kind
-    audit = AuditEvent(
-        event_id=event_id(req.incident_id, event_type.value, req.notification_id, channel, target),
-        incident_id=req.incident_id,
-        event=event_type,
-        at=now,
-        report_ids=req.report_ids,
-        tracking_codes=req.tracking_codes,
-        detail=detail,
-    )
-    return Outcome(result, audit)

@@ -51,17 +51,16 @@ from consumers.kafka_io import (
 )
 from consumers.metrics_registry import PerRegistry
 from consumers.notifier.chat_alerts import TelegramAlerts, render_alert, telegram_message_id
-from consumers.notifier.delivery import delivery_outcome, fallback_audit
+from consumers.notifier.delivery import (
+    Channel,
+    channel_outcome,
+    delivery_outcome,
+    fallback_audit,
+)
 from consumers.notifier.render import render_email, render_fallback_email
 from consumers.notifier.retry import RetryPolicy, Stopped, deliver_with_retries_async
 from consumers.notifier.sender import Mail, SendError, SmtpConfig, SmtpPool
-from consumers.notifier.webhooks import (
-    Channel,
-    WebhookSender,
-    channel_outcome,
-    render_webhook,
-    webhook_id,
-)
+from consumers.notifier.webhooks import WebhookSender, render_webhook, webhook_id
 from schemas.common import Severity, Tier, utcnow
 from schemas.directory import WebhookTarget
 from schemas.links import LinkClaims, LinkPurpose, LinkSigner, action_url

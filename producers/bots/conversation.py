@@ -131,9 +131,12 @@ class Turn:
     emergency: bool = False
 
 
+_DANGER = re.compile(r"\b(?:" + "|".join(map(re.escape, DANGER_PHRASES)) + r")\b")
+
+
 def says_danger(text: str) -> bool:
     folded = " ".join(re.findall(r"[0-9a-z]+", fold(text).casefold()))
-    return any(re.search(rf"\b{re.escape(p)}\b", folded) for p in DANGER_PHRASES)
+    return _DANGER.search(folded) is not None
 
 
 def _words(text: str) -> set[str]:
