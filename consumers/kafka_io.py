@@ -197,8 +197,12 @@ class LagReporter:
         except Exception as exc:  # a figure for operators must never stop the consumer
             log.debug("lag not measured this round: %s", type(exc).__name__)
             return
-        if not any(totals.values()):
-            self._progress_at = now  # caught up: waiting is not stalling
+        if assigned and not any(totals.values()):
+            # Caught up: waiting is not stalling. A consumer with no partitions is not caught
+            # up but waiting for the group to hand it some: a join that never completes (seen
+            # with kafka-python 3.0 when metadata changed during a rebalance) must count as a
+            # stall, and a deployment never runs more members than partitions (SCALING.md).
+            self._progress_at = now
         for topic, total in totals.items():
             self.gauge.labels(group=self.group, topic=topic).set(total)
 

@@ -34,6 +34,7 @@ from schemas.topics import (
     requests_topic_for,
 )
 from schemas.validation import validation_reason
+from stream_processors import aiokafka_patches
 from stream_processors.classify_stage import open_incident
 from stream_processors.config_holder import ConfigHolder, LoadedConfig
 from stream_processors.routing.core import plan_notifications
@@ -140,6 +141,8 @@ def create_app(
     registry: CollectorRegistry,
 ) -> faust.App:
     """Build the processor app. Nothing runs until a faust worker starts it."""
+    if not aiokafka_patches.apply():
+        log.warning("aiokafka's coordinator lookup is not patched: a dying broker may crash us")
     prefix = config.topic_prefix
     metrics = ProcessorMetrics(registry)
     metrics.policy_info.labels(holder.current().policy_version).set_to_current_time()

@@ -375,6 +375,8 @@ def test_a_broker_killed_during_a_burst_loses_no_accepted_report(
             f"{len(unmailed)} accepted reports never mailed: {unmailed[:3]}; "
             f"components that exited (name: status): {gone}\n"
             + where_it_stands(bootstrap, prefix, isolation)
+            + "\n"
+            + components.troubles()
         )
         wrong = {}
         for incident in accepted:

@@ -111,6 +111,17 @@ class Components:
     def log(self, name: str) -> str:
         return (self.log_dir / f"{name}.log").read_text("utf-8", "replace")
 
+    def troubles(self, lines: int = 12) -> str:
+        """For a failure message: each component's last warnings and errors, if any."""
+        marks = ("WARNING", "ERROR", "CRITICAL", "Traceback")
+        parts = []
+        for name in self.procs:
+            found = [ln for ln in self.log(name).splitlines() if any(m in ln for m in marks)]
+            if found:
+                parts.append(f"--- {name}: last of {len(found)} ---")
+                parts.extend(ln[:300] for ln in found[-lines:])
+        return "\n".join(parts)
+
     def stop_all(self) -> None:
         for proc in self.procs.values():
             if proc.poll() is None:

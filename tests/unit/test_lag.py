@@ -102,3 +102,15 @@ def test_a_consumer_whose_lag_cannot_be_measured_for_long_is_stalled() -> None:
     time.sleep(0.3)
     reporter.maybe_report()
     assert reporter.stalled(after_s=0.2)
+
+
+def test_a_consumer_left_without_partitions_for_long_is_stalled() -> None:
+    """A rebalance that never completes leaves the client with nothing assigned: that is not
+    'caught up' (it would never be replaced), it is a stall."""
+    consumer = FakeConsumer({}, {})
+    reporter = LagReporter(consumer, "g", ["a"], CollectorRegistry(), every_s=0)
+    reporter.maybe_report()
+    assert not reporter.stalled(after_s=0.2)
+    time.sleep(0.3)
+    reporter.maybe_report()
+    assert reporter.stalled(after_s=0.2)
