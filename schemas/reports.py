@@ -45,6 +45,32 @@ ONE_LINE_TEXT = BeforeValidator(_one_line_text)
 NfcStr = Annotated[str, FREE_TEXT]
 
 
+def _date_as_text(value: object) -> object:
+    """A date comes as ISO 8601 text. A bare number would be read as seconds since 1970 (so
+    ``0`` became 1970-01-01 and was refused only as "too early"), which nobody sending a
+    report means; refuse it with the form the date should take."""
+    if isinstance(value, bool | int | float):
+        raise PydanticCustomError(
+            "occurred_at_not_text",
+            "give the date as text, for example 2026-05-04T19:30:00+07:00 (a number is not a date)",
+        )
+    return value
+
+
+#: a description must say something in words: letters or digits, not only emoji or marks
+MIN_DESCRIPTION_WORD_CHARS = 3
+
+
+def _has_words(value: str) -> str:
+    if sum(1 for ch in value if ch.isalnum()) < MIN_DESCRIPTION_WORD_CHARS:
+        raise PydanticCustomError(
+            "description_without_words",
+            "please describe what happened in words (letters or numbers, not only emoji "
+            "or symbols)",
+        )
+    return value
+
+
 def _plausible_occurred_at(value: datetime) -> datetime:
     """Naive times are Hanoi time; a date before 2000 or beyond tomorrow cannot be right.
 
@@ -85,11 +111,17 @@ class ReportIn(BaseModel):
     channel: Channel
     reporter_role: ReporterRole
     school_code: Annotated[str, Field(min_length=2, max_length=40, pattern=r"^[A-Za-z0-9._-]+$")]
-    description: Annotated[str, Field(min_length=5, max_length=MAX_DESCRIPTION_CHARS), FREE_TEXT]
+    description: Annotated[
+        str,
+        Field(min_length=5, max_length=MAX_DESCRIPTION_CHARS),
+        AfterValidator(_has_words),
+        FREE_TEXT,
+    ]
     immediate_danger: bool = False
     category_hint: Category | None = None
     occurred_at: Annotated[
-        Annotated[datetime, AfterValidator(_plausible_occurred_at)] | None,
+        Annotated[datetime, AfterValidator(_plausible_occurred_at), BeforeValidator(_date_as_text)]
+        | None,
         Field(
             description="When it happened. A time without a UTC offset is Hanoi time (UTC+7). "
             "From 2000-01-01 to at most one day after the time of submission."

@@ -33,6 +33,7 @@ from producers.intake.errors import field_reasons
 from producers.intake.form import (
     SCHOOL_SEARCH_JS,
     TEXT,
+    checkbox,
     form_errors,
     pick_lang,
     render_accepted,
@@ -336,7 +337,7 @@ def create_app(
             "reporter_role": form.get("reporter_role") or "anonymous",
             "school_code": code,
             "description": description,
-            "immediate_danger": bool(form.get("immediate_danger")),
+            "immediate_danger": checkbox(form.get("immediate_danger")),
         }
         if form.get("category_hint"):
             data["category_hint"] = form["category_hint"]

@@ -53,6 +53,8 @@ TEXT: dict[str, dict[str, str]] = {
         "err_format": "không đúng định dạng",
         "err_choice": "hãy chọn một mục trong danh sách",
         "err_other": "không hợp lệ",
+        "err_words": "hãy mô tả sự việc bằng lời (chữ hoặc số, không chỉ biểu tượng cảm xúc)",
+        "err_checkbox": "hãy đánh dấu hoặc bỏ đánh dấu ô này",
         "field_school_code": "Trường",
         "field_description": "Chuyện gì đã xảy ra?",
         "field_reporter_role": "Bạn là",
@@ -101,6 +103,8 @@ TEXT: dict[str, dict[str, str]] = {
         "err_format": "not in the expected format",
         "err_choice": "please pick one of the listed options",
         "err_other": "not valid",
+        "err_words": "please describe what happened in words (letters or numbers, not only emoji)",
+        "err_checkbox": "please tick or untick this box",
         "field_school_code": "School",
         "field_description": "What happened?",
         "field_reporter_role": "You are",
@@ -196,6 +200,26 @@ def _with_phone_links(text: str) -> str:
     return html
 
 
+#: what a ticked checkbox sends (browsers send its value, "1" here, or "on" without one), and
+#: what a script or an older page might send for an unticked one; anything else is refused
+TICKED = frozenset({"1", "on", "true", "yes", "có"})
+UNTICKED = frozenset({"", "0", "off", "false", "no", "không"})
+
+
+def checkbox(value: str | None) -> bool | str:
+    """A form checkbox as a bool; a value that is neither ticked nor unticked comes back as
+    it is, for the report's validation to refuse (``immediate_danger=0`` was once read as
+    ticked, because any non-empty text is true in Python)."""
+    if value is None:
+        return False
+    folded = value.strip().lower()
+    if folded in TICKED:
+        return True
+    if folded in UNTICKED:
+        return False
+    return value
+
+
 def form_errors(exc: ValidationError, lang: str, labels: dict[str, str] | None = None) -> list[str]:
     """Validation problems in the reporter's language, naming fields as the form labels them
     (``labels``: field names a page labels otherwise than the report form)."""
@@ -213,6 +237,10 @@ def form_errors(exc: ValidationError, lang: str, labels: dict[str, str] | None =
             reason = t["err_long"]
         elif kind == "enum":
             reason = t["err_choice"]
+        elif kind == "description_without_words":
+            reason = t["err_words"]
+        elif kind in ("bool_parsing", "bool_type"):
+            reason = t["err_checkbox"]
         elif kind in ("string_pattern_mismatch", "value_error") or kind.startswith("url_"):
             reason = t["err_format"]
         else:
@@ -264,7 +292,7 @@ def render_form(
             '<div class="errors" role="alert" tabindex="-1" id="problems">'
             f"<p>{escape(t['fix'])}</p><ul>{items}</ul></div>"
         )
-    checked = " checked" if v.get("immediate_danger") else ""
+    checked = " checked" if checkbox(v.get("immediate_danger")) else ""
     picker = ""
     if candidates:
         options = "".join(

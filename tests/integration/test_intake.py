@@ -295,3 +295,74 @@ def test_a_description_of_control_characters_only_is_too_short(
     fields = {f["field"]: f["reason"] for f in resp.json()["fields"]}
     assert fields == {"description": "too short: at least 5 characters"}
     assert read_topic(kafka_bootstrap, topic) == []
+
+
+@pytest.mark.parametrize(
+    "when", [0, 1_700_000_000, 1.5, True], ids=["zero", "epoch", "float", "bool"]
+)
+def test_a_number_is_not_a_date(intake: Any, kafka_bootstrap: str, when: object) -> None:
+    # `occurred_at: 0` was read as seconds since 1970; the contract says ISO 8601 text.
+    client, topic = intake
+    resp = post_report(client, json.dumps({**GOOD, "occurred_at": when}).encode())
+    assert resp.status_code == 422, resp.text
+    fields = {f["field"]: f["reason"] for f in resp.json()["fields"]}
+    assert set(fields) == {"occurred_at"}
+    assert "as text" in fields["occurred_at"]
+    assert read_topic(kafka_bootstrap, topic) == []
+
+
+@pytest.mark.parametrize(
+    "description",
+    ["😢😢😢😢😢😢", "\u200b\u200b\u200b\u200b\u200b\u200b", "!!!!!...???", "👍 ✔️ ❗❗ 🙏"],
+    ids=["emoji", "zero-width", "punctuation", "emoji-and-marks"],
+)
+def test_a_description_without_words_is_refused(
+    intake: Any, kafka_bootstrap: str, description: str
+) -> None:
+    client, topic = intake
+    resp = post_report(client, json.dumps({**GOOD, "description": description}).encode())
+    assert resp.status_code == 422, resp.text
+    fields = {f["field"]: f["reason"] for f in resp.json()["fields"]}
+    assert set(fields) == {"description"}
+    assert "in words" in fields["description"]
+    assert read_topic(kafka_bootstrap, topic) == []
+
+
+@pytest.mark.parametrize(
+    ("sent", "danger"),
+    [("1", True), ("on", True), ("0", False), ("false", False), ("", False), (None, False)],
+)
+def test_the_danger_box_means_what_was_sent(
+    intake: Any, kafka_bootstrap: str, sent: str | None, danger: bool
+) -> None:
+    # `immediate_danger=0` used to count as danger: any non-empty text is true in Python.
+    client, topic = intake
+    form = {
+        "school_code": "HN-DD-THCS-003",
+        "reporter_role": "teacher",
+        "description": "Mật khẩu phòng học bị lộ trên mạng xã hội.",
+    }
+    if sent is not None:
+        form["immediate_danger"] = sent
+    resp = client.post("/report", data=form)
+    assert resp.status_code == 200 and resp.url.path == "/report/accepted", resp.text
+    stored = ReportSubmitted.model_validate_json(read_topic(kafka_bootstrap, topic)[0])
+    assert stored.report.immediate_danger is danger
+
+
+def test_a_danger_box_value_that_means_nothing_is_refused(
+    intake: Any, kafka_bootstrap: str
+) -> None:
+    client, topic = intake
+    resp = client.post(
+        "/report?lang=en",
+        data={
+            "school_code": "HN-DD-THCS-003",
+            "reporter_role": "teacher",
+            "description": "Mật khẩu phòng học bị lộ trên mạng xã hội.",
+            "immediate_danger": "maybe",
+        },
+    )
+    assert resp.status_code == 422
+    assert "tick or untick" in resp.text
+    assert read_topic(kafka_bootstrap, topic) == []
