@@ -61,8 +61,13 @@ def _date_as_text(value: object) -> object:
 MIN_DESCRIPTION_WORD_CHARS = 3
 
 
+def in_words(text: str) -> bool:
+    """Whether ``text`` says something in letters or digits (a description must)."""
+    return sum(1 for ch in text if ch.isalnum()) >= MIN_DESCRIPTION_WORD_CHARS
+
+
 def _has_words(value: str) -> str:
-    if sum(1 for ch in value if ch.isalnum()) < MIN_DESCRIPTION_WORD_CHARS:
+    if not in_words(value):
         raise PydanticCustomError(
             "description_without_words",
             "please describe what happened in words (letters or numbers, not only emoji "

@@ -17,7 +17,7 @@ from typing import Literal
 
 from producers.intake.schools import UNKNOWN_SCHOOL, SchoolFinder, SchoolMatch, looks_like_code
 from schemas.bots import ChatStep, Conversation
-from schemas.reports import MAX_DESCRIPTION_CHARS, ReportIn
+from schemas.reports import MAX_DESCRIPTION_CHARS, ReportIn, in_words
 from schemas.text import fold
 
 Lang = Literal["vi", "en"]
@@ -321,10 +321,12 @@ def _question(state: Conversation, t: dict[str, str]) -> str:
 
 def _report(state: Conversation, description: str) -> ReportIn:
     """The report as the intake takes it from any channel. A chat message may be shorter
-    than a report's text must be ("SOS") or longer: it is framed or cut, never refused."""
+    than a report's text must be ("SOS"), only emoji, or longer: it is framed or cut, never
+    refused."""
     t = TEXT[state.lang]
     text = description.strip()
-    if len(text) < MIN_TEXT:
+    if len(text) < MIN_TEXT or not in_words(text):
+        # "SOS", or only emoji: in a chat that is still a report, so say what was sent.
         text = f"{t['only_wrote']}: {text}"
     if state.school_typed:
         text = f"{text}\n\n{t['unknown_school']}: {state.school_typed}"

@@ -168,3 +168,12 @@ def test_a_message_too_short_or_too_long_for_a_report_is_framed_or_cut_not_refus
     chat.send("x" * (MAX_DESCRIPTION_CHARS + 500))
     long = chat.send("no")
     assert long.report is not None and len(long.report.description) == MAX_DESCRIPTION_CHARS
+
+    # A frightened child may send only emoji; in a chat that is still a report.
+    scared = Chat(hint="en")
+    scared.send("/start")
+    scared.send("BD-2")
+    scared.send("😭😭😭😭😭😭")
+    filed = scared.send("no")
+    assert filed.report is not None
+    assert filed.report.description == "The reporter only wrote: 😭😭😭😭😭😭"
