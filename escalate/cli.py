@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -322,6 +324,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         # real failures still surface as errors.
         for noisy in ("kafka", "aiokafka"):
             logging.getLogger(noisy).setLevel(logging.ERROR)
+    # `kill -USR1 PID` writes every thread's stack to stderr: how an operator (or a test)
+    # finds where a process that still runs but does no work is waiting. Code only, no data.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         result: int = args.func(args)
     except KeyboardInterrupt:

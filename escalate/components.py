@@ -79,6 +79,7 @@ def intake_app(settings: Settings) -> FastAPI:
     from producers.intake.action_page import HelpContact
     from producers.intake.actions import ActionDesk
     from producers.intake.app import create_app
+    from producers.intake.form_guard import FORM_RATE, FormGuard
     from producers.intake.incidents import IncidentView
     from producers.intake.publisher import ActionPublisher, ReportPublisher
     from producers.intake.ratelimit import FOLLOW_UP_RATE, LOOKUP_RATE, share_of_rate
@@ -161,6 +162,12 @@ def intake_app(settings: Settings) -> FastAPI:
         bots=bots,
         bot_store=bot_store,
         public_url=settings.links_base_url,
+        form_guard=FormGuard(
+            settings.secret_key.get_secret_value(),
+            settings.previous_keys,
+            public_url=settings.links_base_url,
+        ),
+        form_rate=share_of_rate(FORM_RATE, shares),
     )
     multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlencode
 
 from fastapi import FastAPI, Request
@@ -31,6 +31,7 @@ from producers.intake.bodies import (
 )
 from producers.intake.errors import field_reasons
 from producers.intake.form import (
+    FORM_BODY_SCHEMA,
     SCHOOL_SEARCH_JS,
     TEXT,
     checkbox,
@@ -39,6 +40,8 @@ from producers.intake.form import (
     render_accepted,
     render_form,
 )
+from producers.intake.form_guard import FIELD as FORM_TOKEN_FIELD
+from producers.intake.form_guard import FORM_RATE, FormGuard, Refusal
 from producers.intake.idempotency import HEADER as IDEMPOTENCY_HEADER
 from producers.intake.idempotency import (
     InFlight,
@@ -50,17 +53,26 @@ from producers.intake.idempotency import (
 )
 from producers.intake.incidents import ClaimLookup, ReportLookup, normalise_tracking_code
 from producers.intake.publisher import PublishError, ReportPublisher
-from producers.intake.ratelimit import FOLLOW_UP_RATE, LOOKUP_RATE, ClientLimiter
+from producers.intake.ratelimit import FOLLOW_UP_RATE, LOOKUP_RATE, ClientLimiter, client_key
 from producers.intake.schools import UNKNOWN_SCHOOL, SchoolFinder, SchoolMatch, looks_like_code
 from producers.intake.status import StatusDesk, StatusMetrics, add_status_routes
 from schemas.reports import IdempotencyClaim, ReportIn, ReportSubmitted
+
+
+class Filed(NamedTuple):
+    """What a report was stored as (now, or by an earlier request with the same claim)."""
+
+    report_id: str
+    tracking_code: str
 
 
 class IntakeMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter(
             "escalate_intake_reports_total",
-            "Report submissions by outcome (accepted, invalid, unauthorized, unavailable).",
+            "Report submissions by outcome (accepted, replayed, invalid, conflict, unauthorized,"
+            " refused: cross-site or without a valid form token, limited: too many from one"
+            " address, unavailable).",
             ["channel", "outcome"],
             registry=registry,
         )
@@ -84,6 +96,8 @@ def create_app(
     bots: Sequence[ChatPlatform] = (),
     bot_store: ConversationStore | None = None,
     public_url: str = "",
+    form_guard: FormGuard | None = None,
+    form_rate: str = FORM_RATE,
 ) -> FastAPI:
     """``api_keys`` maps each accepted key to the client name recorded with its reports.
 
@@ -101,6 +115,10 @@ def create_app(
     Each of ``bots`` (chat platforms) gets its webhook, ``/v1/bots/{name}``; they need
     ``schools``, a status view and ``bot_store``, and link to status pages under
     ``public_url``.
+
+    ``form_guard`` signs and checks the web form's tokens (give every intake process of a
+    deployment one built from the same secret key); ``form_rate`` limits form posts per
+    address.
     """
     app = FastAPI(title="incident-escalation intake", version="1", docs_url="/docs")
     metrics = IntakeMetrics(registry)
@@ -122,6 +140,8 @@ def create_app(
 
     claims = status_view if isinstance(status_view, ClaimLookup) else None
     in_flight = InFlight()
+    guard = form_guard or FormGuard()
+    form_posts = ClientLimiter("report-form", form_rate, rate_limit_storage)
 
     def noted(submitted: ReportSubmitted) -> None:
         # The reporter may look the code up at once, before the view reads it back.
@@ -223,25 +243,42 @@ def create_app(
                 503, f"cannot check the {IDEMPOTENCY_HEADER} yet, please retry", retry=True
             )
         claim = claim_for(client, key, report)
+        try:
+            outcome, filed = await file_claimed(report, client, claim)
+        except PublishError as exc:
+            metrics.requests.labels(report.channel.value, "unavailable").inc()
+            return json_error(503, f"report not stored, please retry: {exc}", retry=True)
+        if outcome is Outcome.conflict:
+            metrics.requests.labels(report.channel.value, "conflict").inc()
+            return json_error(
+                409,
+                f"this {IDEMPOTENCY_HEADER} was used for a different report within the "
+                "last 24 hours; send a new key for a new report",
+            )
+        body = {"report_id": filed.report_id, "tracking_code": filed.tracking_code}
+        if outcome is Outcome.replayed:
+            metrics.requests.labels(report.channel.value, "replayed").inc()
+            return JSONResponse(body, status_code=202, headers={"Idempotent-Replayed": "true"})
+        metrics.requests.labels(report.channel.value, "accepted").inc()
+        return JSONResponse(body, status_code=202)
 
-        async def once() -> Response:
+    async def file_claimed(
+        report: ReportIn, client: str, claim: IdempotencyClaim
+    ) -> tuple[Outcome, Filed]:
+        """Store the report unless its claim was filed already (then: what it was filed as).
+
+        One request per claim at a time in this process, so concurrent retries find the
+        first one's claim instead of racing it. Raises PublishError when not stored."""
+        assert claims is not None
+
+        async def once() -> tuple[Outcome, Filed]:
             found = claims.find_claim(claim.key_id, datetime.now(UTC))
             outcome = decide(claim, found)
-            if outcome is Outcome.conflict:
-                metrics.requests.labels(report.channel.value, "conflict").inc()
-                return json_error(
-                    409,
-                    f"this {IDEMPOTENCY_HEADER} was used for a different report within the "
-                    "last 24 hours; send a new key for a new report",
-                )
-            if outcome is Outcome.replayed and found is not None:
-                metrics.requests.labels(report.channel.value, "replayed").inc()
-                return JSONResponse(
-                    {"report_id": found.report_id, "tracking_code": found.tracking_code},
-                    status_code=202,
-                    headers={"Idempotent-Replayed": "true"},
-                )
-            return await store(report, client, claim)
+            if found is not None:
+                return outcome, Filed(found.report_id, found.tracking_code)
+            submitted = await publisher.publish_async(report, client, claim=claim)
+            noted(submitted)
+            return outcome, Filed(submitted.report_id, submitted.tracking_code)
 
         return await in_flight.one_at_a_time(claim.key_id, once)
 
@@ -282,9 +319,14 @@ def create_app(
             headers={"Cache-Control": "public, max-age=3600"},
         )
 
+    def form_page(language: str, status: int = 200, **parts: Any) -> HTMLResponse:
+        """The form with a fresh token; never cached (the token is the page's own)."""
+        page = render_form(language, token=guard.issue(), suggest=schools is not None, **parts)
+        return HTMLResponse(page, status_code=status, headers={"Cache-Control": "no-store"})
+
     @app.get("/report", response_class=HTMLResponse)
     async def report_form(lang: str | None = None) -> HTMLResponse:
-        return HTMLResponse(render_form(pick_lang(lang), suggest=schools is not None))
+        return form_page(pick_lang(lang))
 
     def which_school(form: dict[str, str]) -> tuple[str, list[SchoolMatch], str | None]:
         """(code, candidates to choose from, the name as typed when no school matched it).
@@ -305,25 +347,62 @@ def create_app(
             return typed, candidates, None
         return UNKNOWN_SCHOOL, [], typed
 
-    @app.post("/report", response_class=HTMLResponse)
+    @app.post(
+        "/report",
+        response_class=HTMLResponse,
+        status_code=303,
+        responses={
+            303: {"description": "Stored: on to the thank-you page with the tracking code."},
+            403: {
+                "description": "Sent from another site, or without a valid form token: "
+                "the form again, filled in, to check and send. Nothing stored."
+            },
+            413: {"description": "Body too large: the form again."},
+            422: {
+                "description": "A field is missing or invalid: the form again, filled in, "
+                "with the problems listed."
+            },
+            429: {
+                "description": "Too many posts from this address: the form again, filled "
+                "in; `Retry-After` says when to send it."
+            },
+            503: {
+                "description": "Not stored (the broker is unavailable): the form again, "
+                "filled in, to send again later."
+            },
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/x-www-form-urlencoded": {"schema": FORM_BODY_SCHEMA}},
+            }
+        },
+    )
     async def report_form_post(request: Request, lang: str | None = None) -> Response:
         language = pick_lang(lang)
-        suggest = schools is not None
         body = await read_body(request)
         if body is None:
             metrics.requests.labels("web_form", "invalid").inc()
-            return HTMLResponse(
-                render_form(language, errors=["too large"], suggest=suggest), status_code=413
-            )
-        form = {k: v[0] for k, v in parse_qs(body.decode("utf-8", "replace")).items()}
+            return form_page(language, 413, errors=[TEXT[language]["too_large"]])
+        fields = parse_qs(body.decode("utf-8", "replace"))
+        token = fields.pop(FORM_TOKEN_FIELD, [None])[0]
+        form = {k: v[0] for k, v in fields.items()}
+        verdict = guard.judge(request.headers, token)
+        if verdict.nonce is None:
+            metrics.requests.labels("web_form", "refused").inc()
+            note = "cross_site" if verdict.refusal is Refusal.cross_site else "resend"
+            return form_page(language, 403, values=form, notice=TEXT[language][note])
+        wait_s = form_posts.hit(client_key(request.client.host if request.client else None))
+        if wait_s is not None:
+            metrics.requests.labels("web_form", "limited").inc()
+            page = form_page(language, 429, values=form, notice=TEXT[language]["too_many"])
+            page.headers["Retry-After"] = str(wait_s)
+            return page
         code, candidates, typed = which_school(form)
         if candidates:
             metrics.requests.labels("web_form", "invalid").inc()
             problem = f"{TEXT[language]['field_school_code']}: {TEXT[language]['pick_error']}"
-            return HTMLResponse(
-                render_form(language, form, [problem], candidates=candidates, suggest=suggest),
-                status_code=422,
-            )
+            return form_page(language, 422, values=form, errors=[problem], candidates=candidates)
         contact = {
             key: form[f"contact_{key}"].strip()
             for key in ("name", "phone", "email")
@@ -347,21 +426,31 @@ def create_app(
             report = ReportIn.model_validate(data)
         except ValidationError as exc:
             metrics.requests.labels("web_form", "invalid").inc()
-            return HTMLResponse(
-                render_form(language, form, form_errors(exc, language), suggest=suggest),
-                status_code=422,
-            )
+            return form_page(language, 422, values=form, errors=form_errors(exc, language))
         try:
-            submitted = await publisher.publish_async(report, "web_form")
+            if claims is not None and claims.ready():
+                # The token's nonce is this post's idempotency key: a double click or a
+                # browser resending the post gets the first report back, not a second one.
+                claim = claim_for("web_form", verdict.nonce, report)
+                outcome, filed = await file_claimed(report, "web_form", claim)
+            else:
+                submitted = await publisher.publish_async(report, "web_form")
+                noted(submitted)
+                outcome, filed = Outcome.new, Filed(submitted.report_id, submitted.tracking_code)
         except PublishError:
             metrics.requests.labels("web_form", "unavailable").inc()
-            return HTMLResponse(
-                render_form(language, form, unavailable=True, suggest=suggest), status_code=503
-            )
-        metrics.requests.labels("web_form", "accepted").inc()
-        noted(submitted)
+            return form_page(language, 503, values=form, unavailable=True)
+        if outcome is Outcome.conflict:
+            # The same form sent again with other text (back, edit, send): ask before filing
+            # it as a second report.
+            metrics.requests.labels("web_form", "conflict").inc()
+            notice = TEXT[language]["sent_already"].format(code=filed.tracking_code)
+            return form_page(language, 409, values=form, notice=notice)
+        metrics.requests.labels(
+            "web_form", "replayed" if outcome is Outcome.replayed else "accepted"
+        ).inc()
         # Post/redirect/get: reloading the thank-you page does not send the report again.
-        query = {"code": submitted.tracking_code, "lang": language}
+        query = {"code": filed.tracking_code, "lang": language}
         if report.immediate_danger:
             query["danger"] = "1"
         return RedirectResponse(f"/report/accepted?{urlencode(query)}", status_code=303)
@@ -372,7 +461,7 @@ def create_app(
     ) -> HTMLResponse:
         normal = normalise_tracking_code(code)
         if normal is None:
-            return HTMLResponse(render_form(pick_lang(lang)), status_code=404)
+            return form_page(pick_lang(lang), 404)
         return HTMLResponse(render_accepted(pick_lang(lang), normal, danger == "1"))
 
     @app.get("/healthz")

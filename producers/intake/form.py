@@ -9,6 +9,7 @@ from urllib.parse import urlencode
 
 from pydantic import ValidationError
 
+from producers.intake.form_guard import FIELD as FORM_TOKEN_FIELD
 from producers.intake.schools import SchoolMatch
 from schemas.common import Category, ReporterRole
 
@@ -53,6 +54,16 @@ TEXT: dict[str, dict[str, str]] = {
         "err_format": "không đúng định dạng",
         "err_choice": "hãy chọn một mục trong danh sách",
         "err_other": "không hợp lệ",
+        "too_large": "Nội dung gửi quá dài.",
+        "cross_site": "Biểu mẫu này được gửi từ một trang web khác nên chưa được lưu. Nếu bạn "
+        "muốn báo cáo, hãy kiểm tra nội dung dưới đây rồi bấm Gửi.",
+        "resend": "Biểu mẫu đã hết hạn hoặc không hợp lệ nên báo cáo chưa được lưu. Nội dung "
+        "bạn viết vẫn còn dưới đây: hãy kiểm tra rồi bấm Gửi lại.",
+        "too_many": "Có quá nhiều báo cáo được gửi từ địa chỉ này trong ít phút. Nội dung của "
+        "bạn vẫn còn dưới đây: hãy đợi một phút rồi bấm Gửi lại. Nếu có trẻ đang gặp nguy "
+        "hiểm, hãy gọi 113 ngay.",
+        "sent_already": "Biểu mẫu này đã được gửi (mã theo dõi {code}). Nếu đây là một báo cáo "
+        "khác, hãy bấm Gửi lần nữa.",
         "err_words": "hãy mô tả sự việc bằng lời (chữ hoặc số, không chỉ biểu tượng cảm xúc)",
         "err_checkbox": "hãy đánh dấu hoặc bỏ đánh dấu ô này",
         "field_school_code": "Trường",
@@ -103,6 +114,16 @@ TEXT: dict[str, dict[str, str]] = {
         "err_format": "not in the expected format",
         "err_choice": "please pick one of the listed options",
         "err_other": "not valid",
+        "too_large": "What was sent is too long.",
+        "cross_site": "This form was sent from another website, so nothing was stored. If you "
+        "meant to report, check what is below and press Send.",
+        "resend": "The form had expired or was not valid, so nothing was stored. What you wrote "
+        "is still below: check it and press Send again.",
+        "too_many": "Too many reports were sent from this address in the last few minutes. What "
+        "you wrote is still below: wait a minute and press Send again. If a child is in danger "
+        "now, call 113.",
+        "sent_already": "This form was sent already (tracking code {code}). If this is another "
+        "report, press Send once more.",
         "err_words": "please describe what happened in words (letters or numbers, not only emoji)",
         "err_checkbox": "please tick or untick this box",
         "field_school_code": "School",
@@ -249,6 +270,28 @@ def form_errors(exc: ValidationError, lang: str, labels: dict[str, str] | None =
     return messages
 
 
+#: the form post as OpenAPI describes it (the page sends these; the server reads them as text)
+FORM_BODY_SCHEMA = {
+    "type": "object",
+    "required": [FORM_TOKEN_FIELD, "school_code", "reporter_role", "description"],
+    "properties": {
+        FORM_TOKEN_FIELD: {
+            "type": "string",
+            "description": "The signed token of the form page (GET /report) this post comes from.",
+        },
+        "school_code": {"type": "string", "description": "A school's code or name."},
+        "school_pick": {"type": "string", "description": "A code picked among same-named schools."},
+        "reporter_role": {"type": "string", "enum": [r.value for r in ReporterRole]},
+        "description": {"type": "string", "minLength": 5, "maxLength": 10_000},
+        "immediate_danger": {"type": "string", "enum": ["1", "on", "0", ""]},
+        "category_hint": {"type": "string", "enum": [c.value for c in Category]},
+        "contact_name": {"type": "string", "maxLength": 200},
+        "contact_phone": {"type": "string", "maxLength": 40},
+        "contact_email": {"type": "string", "format": "email"},
+    },
+}
+
+
 def render_form(
     lang: str,
     values: dict[str, str] | None = None,
@@ -256,10 +299,14 @@ def render_form(
     unavailable: bool = False,
     candidates: Sequence[SchoolMatch] = (),
     suggest: bool = False,
+    token: str = "",
+    notice: str | None = None,
 ) -> str:
     """``candidates``: schools the typed name could mean, offered as a choice (no script
     needed); ``suggest``: the field suggests schools as the reporter types (a small script
-    asking ``/v1/schools``; without it the field still takes a name or a code)."""
+    asking ``/v1/schools``; without it the field still takes a name or a code); ``token``:
+    the signed form token (``form_guard``) the post must carry; ``notice``: why the form came
+    back although nothing in it was wrong."""
     t = TEXT[lang]
     v = values or {}
     other = "en" if lang == "vi" else "vi"
@@ -281,7 +328,12 @@ def render_form(
         for c in Category
     )
     problems = ""
-    if unavailable:
+    if notice:
+        problems = (
+            '<div class="errors" role="alert" tabindex="-1" id="problems">'
+            f"<p>{_with_phone_links(escape(notice))}</p></div>"
+        )
+    elif unavailable:
         problems = (
             '<div class="errors" role="alert" tabindex="-1" id="problems">'
             f"<p>{_with_phone_links(t['unavailable'])}</p></div>"
@@ -321,6 +373,7 @@ def render_form(
 <p class="note">{_with_phone_links(t["danger_note"])}</p>
 {problems}
 <form method="post" action="/report?lang={lang}" accept-charset="utf-8">
+<input type="hidden" name="{FORM_TOKEN_FIELD}" value="{escape(token, quote=True)}">
 <label for="school_code">{escape(t["school_code"])} {req}</label>
 <input type="text" id="school_code" name="school_code" required maxlength="200"
  value="{val("school_code")}" aria-describedby="school_hint" autocomplete="off"{datalist}>

@@ -19,6 +19,7 @@ from producers.intake.publisher import ReportPublisher
 from schemas.reports import ReportSubmitted
 from schemas.topics import REPORTS_SUBMITTED
 from tests.conftest import free_port
+from tests.services.forms import post_form
 
 KEY = "s3cret-key"
 GOOD: dict[str, Any] = {
@@ -152,9 +153,9 @@ def test_broker_down_gives_503_never_2xx(isolation: str) -> None:
         ready = client.get("/readyz")
         assert ready.status_code == 503
         assert client.get("/healthz").status_code == 200
-        form = client.post(
-            "/report",
-            data={
+        form = post_form(
+            client,
+            {
                 "school_code": "HN-BD-THCS-001",
                 "reporter_role": "student",
                 "description": "Có người lạ vào lớp học online.",
@@ -169,9 +170,9 @@ def test_web_form_posts_into_the_pipeline(intake: Any, kafka_bootstrap: str) -> 
     page = client.get("/report")
     assert page.status_code == 200 and 'lang="vi"' in page.text
     assert 'lang="en"' in client.get("/report?lang=en").text
-    resp = client.post(
-        "/report",
-        data={
+    resp = post_form(
+        client,
+        {
             "school_code": "HN-DD-THCS-003",
             "reporter_role": "anonymous",
             "description": "Mật khẩu phòng học bị lộ trên mạng xã hội.",
@@ -189,7 +190,7 @@ def test_web_form_posts_into_the_pipeline(intake: Any, kafka_bootstrap: str) -> 
 
 def test_web_form_errors_keep_what_was_typed(intake: Any, kafka_bootstrap: str) -> None:
     client, topic = intake
-    resp = client.post("/report?lang=en", data={"school_code": "", "description": "Hi"})
+    resp = post_form(client, {"school_code": "", "description": "Hi"}, "en")
     assert resp.status_code == 422
     assert "Please correct" in resp.text
     assert read_topic(kafka_bootstrap, topic) == []
@@ -344,7 +345,7 @@ def test_the_danger_box_means_what_was_sent(
     }
     if sent is not None:
         form["immediate_danger"] = sent
-    resp = client.post("/report", data=form)
+    resp = post_form(client, form)
     assert resp.status_code == 200 and resp.url.path == "/report/accepted", resp.text
     stored = ReportSubmitted.model_validate_json(read_topic(kafka_bootstrap, topic)[0])
     assert stored.report.immediate_danger is danger
@@ -354,14 +355,15 @@ def test_a_danger_box_value_that_means_nothing_is_refused(
     intake: Any, kafka_bootstrap: str
 ) -> None:
     client, topic = intake
-    resp = client.post(
-        "/report?lang=en",
-        data={
+    resp = post_form(
+        client,
+        {
             "school_code": "HN-DD-THCS-003",
             "reporter_role": "teacher",
             "description": "Mật khẩu phòng học bị lộ trên mạng xã hội.",
             "immediate_danger": "maybe",
         },
+        "en",
     )
     assert resp.status_code == 422
     assert "tick or untick" in resp.text

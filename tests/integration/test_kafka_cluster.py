@@ -377,6 +377,8 @@ def test_a_broker_killed_during_a_burst_loses_no_accepted_report(
             + where_it_stands(bootstrap, prefix, isolation)
             + "\n"
             + components.troubles()
+            + "\n"
+            + components.stacks()
         )
         wrong = {}
         for incident in accepted:

@@ -111,6 +111,25 @@ class Components:
     def log(self, name: str) -> str:
         return (self.log_dir / f"{name}.log").read_text("utf-8", "replace")
 
+    def stacks(self) -> str:
+        """For a failure message: where each live component's threads wait (``SIGUSR1``, which
+        ``escalate`` answers with a stack dump of every thread on its log)."""
+        marks = {}
+        for name, proc in self.procs.items():
+            if proc.poll() is None:
+                marks[name] = len(self.log(name))
+                proc.send_signal(signal.SIGUSR1)
+        time.sleep(1.0)
+        parts = []
+        for name, start in marks.items():
+            dumped = self.log(name)[start:]
+            frames = [
+                ln for ln in dumped.splitlines() if ln.startswith(("Thread", "Current", "  File"))
+            ]
+            parts.append(f"--- {name}: threads ---")
+            parts.extend(ln[:200] for ln in frames[:120])
+        return "\n".join(parts)
+
     def troubles(self, lines: int = 12) -> str:
         """For a failure message: each component's last warnings and errors, if any."""
         marks = ("WARNING", "ERROR", "CRITICAL", "Traceback")

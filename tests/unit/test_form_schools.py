@@ -14,6 +14,7 @@ from producers.intake.app import create_app
 from producers.intake.schools import UNKNOWN_SCHOOL, SchoolFinder, looks_like_code
 from schemas.reports import ReportSubmitted
 from tests.fakes import FakeReportPublisher
+from tests.services.forms import post_form
 from tests.unit.test_schools import CITY
 
 DESCRIPTION = "Có người lạ vào lớp học trực tuyến và nhắn tin riêng cho các em."
@@ -37,10 +38,7 @@ def client(publisher: FakeReportPublisher) -> Iterator[TestClient]:
 
 
 def post(client: TestClient, school: str, **extra: str) -> object:
-    return client.post(
-        "/report?lang=en",
-        data={"school_code": school, "description": DESCRIPTION, **extra},
-    )
+    return post_form(client, {"school_code": school, "description": DESCRIPTION, **extra}, "en")
 
 
 def stored(publisher: FakeReportPublisher) -> list[ReportSubmitted]:

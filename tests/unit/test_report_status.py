@@ -33,6 +33,7 @@ from schemas.ids import incident_id_for_report, new_tracking_code
 from schemas.reports import ReportIn, ReportSubmitted
 from tests.action_support import RECEIVED, SCHOOL, make_state
 from tests.fakes import FakeReportPublisher, FakeReportView
+from tests.services.forms import post_form
 
 KEY = "app-key"
 CODE = "ESC-7K3M-9Q2X"
@@ -445,7 +446,7 @@ def test_thank_you_page_links_to_the_status_page(intake: Intake) -> None:
         "description": "Có người lạ vào lớp học trực tuyến và nói những lời tục tĩu.",
     }
     with intake.client() as client:
-        resp = client.post("/report?lang=en", data=form)
+        resp = post_form(client, form, "en")
         # post/redirect/get: the thank-you page is a page of its own
         assert [r.status_code for r in resp.history] == [303]
         assert resp.status_code == 200
