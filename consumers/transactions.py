@@ -34,6 +34,22 @@ class TransactionalProducer(KafkaProducer):  # type: ignore[misc]
     def abort_transaction(self) -> None:
         self._finish(self._manager().begin_abort(), "aborting the transaction")
 
+    def close(self, timeout: float | None = None, null_logger: bool = False) -> None:
+        """Close, and when the flush gives up, stop the sender anyway.
+
+        kafka-python's ``close`` flushes first and lets the flush's ``KafkaTimeoutError``
+        escape, leaving the sender thread running: a worker dropping the producer of a
+        partition whose broker died then crashed on the close itself (seen on the
+        three-broker cluster). What is unsent belongs to a transaction that the next owner of
+        the transactional id aborts, so it is given up.
+        """
+        try:
+            super().close(timeout=timeout, null_logger=null_logger)
+        except KafkaTimeoutError:
+            if self._sender is not None and self._sender.is_alive():
+                self._sender.force_close()
+            self._closed = True
+
     def _manager(self) -> Any:
         # The same guard as the methods this class replaces.
         if not self._transaction_manager:

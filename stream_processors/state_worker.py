@@ -323,7 +323,14 @@ class StateWorker(Generic[S]):
             self.states.pop(p, None)
             self._stuck.pop(p, None)
             if producer is not None:
-                producer.close(timeout=1)
+                try:
+                    producer.close(timeout=1)
+                except Exception as exc:  # dropping a partition must never stop the worker
+                    self.log.warning(
+                        "partition %d's producer did not close cleanly: %s",
+                        p,
+                        describe_failure(exc),
+                    )
         self.held_changed()
 
     def _restore(self, p: int) -> dict[str, S]:

@@ -26,7 +26,7 @@ from consumers.dead_letters import describe_failure
 from producers.bots.conversation import TEXT, Incoming, Turn, advance
 from producers.bots.platform import BadPayload, ChatPlatform, SendFailed
 from producers.bots.store import ConversationStore
-from producers.intake.bodies import json_error, read_body
+from producers.intake.bodies import ErrorBody, json_error, read_body
 from producers.intake.idempotency import Outcome, claim_for, decide
 from producers.intake.incidents import ClaimLookup, ReportLookup
 from producers.intake.publisher import PublishError, ReportPublisher
@@ -127,7 +127,14 @@ def add_bot_routes(
     challenge = getattr(platform, "subscription_challenge", None)
     if challenge is not None:
 
-        @app.get(f"/v1/bots/{name}", include_in_schema=False)
+        @app.get(
+            f"/v1/bots/{name}",
+            tags=["chat bots"],
+            responses={
+                200: {"description": "The challenge, echoed", "content": {"text/plain": {}}},
+                403: {"model": ErrorBody, "description": "Wrong verify token."},
+            },
+        )
         async def subscribe(request: Request) -> Response:
             """The platform checking the webhook when it is registered (Messenger)."""
             answer = challenge(request.query_params)
@@ -136,7 +143,24 @@ def add_bot_routes(
                 return json_error(403, "wrong verify token")
             return PlainTextResponse(answer)
 
-    @app.post(f"/v1/bots/{name}", include_in_schema=False)
+    @app.post(
+        f"/v1/bots/{name}",
+        tags=["chat bots"],
+        summary=f"{name}: webhook for the platform's updates",
+        responses={
+            200: {"description": "Handled (or a fault of ours the reporter was told about)."},
+            400: {"model": ErrorBody, "description": "Not an update this platform sends."},
+            401: {"model": ErrorBody, "description": "Not signed as the platform signs."},
+            413: {"model": ErrorBody, "description": "Body too large."},
+            503: {"model": ErrorBody, "description": "Not stored; deliver the update again."},
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
+        },
+    )
     async def webhook(request: Request) -> Response:
         body = await read_body(request)
         if body is None:

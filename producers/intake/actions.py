@@ -43,6 +43,7 @@ from producers.intake.bodies import BodyError, json_error, parse_json, read_body
 from producers.intake.errors import field_reasons
 from producers.intake.form import pick_lang
 from producers.intake.incidents import IncidentLookup
+from producers.intake.openapi import REF
 from producers.intake.publisher import ActionPublisher, PublishError
 from schemas.actions import MAX_NOTE_CHARS, ActionKind, IncidentAction
 from schemas.common import Category, Severity, Tier, clean_text
@@ -522,7 +523,9 @@ def add_action_routes(app: FastAPI, desk: ActionDesk, metrics: ActionMetrics) ->
     action_body = {
         "requestBody": {
             "required": False,
-            "content": {"application/json": {"schema": ActionIn.model_json_schema()}},
+            "content": {
+                "application/json": {"schema": ActionIn.model_json_schema(ref_template=REF)}
+            },
         }
     }
 

@@ -16,7 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from prometheus_client import CollectorRegistry, Counter
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from producers.bots.platform import ChatPlatform
 from producers.bots.routes import BotMetrics, add_bot_routes
@@ -25,6 +25,7 @@ from producers.intake.actions import ActionDesk, ActionMetrics, add_action_route
 from producers.intake.bodies import (
     MAX_BODY_BYTES,
     BodyError,
+    ErrorBody,
     json_error,
     parse_json,
     read_body,
@@ -42,6 +43,7 @@ from producers.intake.form import (
 )
 from producers.intake.form_guard import FIELD as FORM_TOKEN_FIELD
 from producers.intake.form_guard import FORM_RATE, FormGuard, Refusal
+from producers.intake.headers import SecurityHeaders
 from producers.intake.idempotency import HEADER as IDEMPOTENCY_HEADER
 from producers.intake.idempotency import (
     InFlight,
@@ -52,6 +54,7 @@ from producers.intake.idempotency import (
     parse_key,
 )
 from producers.intake.incidents import ClaimLookup, ReportLookup, normalise_tracking_code
+from producers.intake.openapi import add_components, ref
 from producers.intake.publisher import PublishError, ReportPublisher
 from producers.intake.ratelimit import FOLLOW_UP_RATE, LOOKUP_RATE, ClientLimiter, client_key
 from producers.intake.schools import UNKNOWN_SCHOOL, SchoolFinder, SchoolMatch, looks_like_code
@@ -64,6 +67,13 @@ class Filed(NamedTuple):
 
     report_id: str
     tracking_code: str
+
+
+class ReportAccepted(BaseModel):
+    """The answer to a stored report."""
+
+    report_id: str
+    tracking_code: str = Field(description="What the reporter quotes to follow the report.")
 
 
 class IntakeMetrics:
@@ -121,6 +131,8 @@ def create_app(
     address.
     """
     app = FastAPI(title="incident-escalation intake", version="1", docs_url="/docs")
+    app.add_middleware(SecurityHeaders, https=public_url.startswith("https://"))
+    add_components(app, ReportIn)
     metrics = IntakeMetrics(registry)
     if actions is not None:
         add_action_routes(app, actions, metrics.actions)
@@ -177,14 +189,29 @@ def create_app(
         "/v1/reports",
         status_code=202,
         responses={
-            202: {"description": "Stored; keep the tracking code."},
-            400: {"description": "Body is not JSON, or the Idempotency-Key header is unusable."},
-            401: {"description": "Missing or wrong X-API-Key."},
-            409: {"description": "The Idempotency-Key was used for a different report."},
-            413: {"description": "Body larger than 64 KiB."},
-            422: {"description": "A field is missing or invalid; `fields` says which and why."},
-            501: {"description": "Idempotency-Key sent to an intake that keeps none."},
-            503: {"description": "The report could not be stored; nothing was accepted."},
+            202: {"model": ReportAccepted, "description": "Stored; keep the tracking code."},
+            400: {
+                "model": ErrorBody,
+                "description": "Body is not JSON, or the Idempotency-Key header is unusable.",
+            },
+            401: {"model": ErrorBody, "description": "Missing or wrong X-API-Key."},
+            409: {
+                "model": ErrorBody,
+                "description": "The Idempotency-Key was used for a different report.",
+            },
+            413: {"model": ErrorBody, "description": "Body larger than 64 KiB."},
+            422: {
+                "model": ErrorBody,
+                "description": "A field is missing or invalid; `fields` says which and why.",
+            },
+            501: {
+                "model": ErrorBody,
+                "description": "Idempotency-Key sent to an intake that keeps none.",
+            },
+            503: {
+                "model": ErrorBody,
+                "description": "The report could not be stored; nothing was accepted.",
+            },
         },
         openapi_extra={
             "parameters": [
@@ -196,11 +223,18 @@ def create_app(
                     "description": "Any unique string per report (a UUID will do). Sending "
                     "the same key and report again within 24 hours returns the first answer "
                     "(with the header `Idempotent-Replayed: true`) and stores nothing new.",
-                }
+                },
+                {
+                    "name": "X-API-Key",
+                    "in": "header",
+                    "required": True,
+                    "schema": {"type": "string"},
+                    "description": "The key this client was given (ESCALATE_API_KEYS).",
+                },
             ],
             "requestBody": {
                 "required": True,
-                "content": {"application/json": {"schema": ReportIn.model_json_schema()}},
+                "content": {"application/json": {"schema": ref(ReportIn)}},
             },
         },
     )
@@ -455,7 +489,11 @@ def create_app(
             query["danger"] = "1"
         return RedirectResponse(f"/report/accepted?{urlencode(query)}", status_code=303)
 
-    @app.get("/report/accepted", response_class=HTMLResponse)
+    @app.get(
+        "/report/accepted",
+        response_class=HTMLResponse,
+        responses={404: {"description": "Not a tracking code: the empty form instead."}},
+    )
     async def report_accepted(
         code: str = "", lang: str | None = None, danger: str | None = None
     ) -> HTMLResponse:

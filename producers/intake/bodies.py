@@ -8,8 +8,26 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 
 MAX_BODY_BYTES = 64 * 1024
+
+
+class FieldProblem(BaseModel):
+    field: str = Field(description="Dotted path of the field, e.g. `contact.phone`.")
+    reason: str = Field(description="What is wrong, in words the sender can act on.")
+
+
+class ErrorBody(BaseModel):
+    """Every refusal of the JSON API has this shape; it never echoes what was sent."""
+
+    error: str = Field(description="Why the request was refused.")
+    fields: list[FieldProblem] | None = Field(
+        default=None, description="With 422: one entry per invalid field."
+    )
+    retry: bool | None = Field(
+        default=None, description="True when sending the same request again later may work."
+    )
 
 
 def json_error(status: int, error: str, **extra: Any) -> JSONResponse:

@@ -86,19 +86,23 @@ class FormGuard:
         return Verdict(nonce=nonce)
 
     def same_origin(self, headers: Mapping[str, str]) -> bool:
-        """False when the browser says the post came from another site (or could not say
-        which, for a browser that sends ``Origin`` but not ``Sec-Fetch-Site``)."""
-        site = headers.get("sec-fetch-site")
-        if site:
-            # Set by the browser from the page's and the target's URLs, whatever proxies
-            # stand between: "none" is a bookmark or a typed address.
-            return site.lower() in ("same-origin", "none")
-        origin = headers.get("origin")
-        if origin is None or origin == "null":
-            # An old browser or a script; the token decides.
-            return True
-        host = headers.get("host", "")
-        allowed = {f"http://{host}", f"https://{host}"}
-        if self._public_origin:
-            allowed.add(self._public_origin)
-        return origin.rstrip("/") in allowed
+        return same_origin(headers, self._public_origin)
+
+
+def same_origin(headers: Mapping[str, str], public_origin: str | None = None) -> bool:
+    """False when the browser says the post came from another site (or could not say which,
+    for a browser that sends ``Origin`` but not ``Sec-Fetch-Site``)."""
+    site = headers.get("sec-fetch-site")
+    if site:
+        # Set by the browser from the page's and the target's URLs, whatever proxies stand
+        # between: "none" is a bookmark or a typed address.
+        return site.lower() in ("same-origin", "none")
+    origin = headers.get("origin")
+    if origin is None or origin == "null":
+        # An old browser or a script; the token (where there is one) decides.
+        return True
+    host = headers.get("host", "")
+    allowed = {f"http://{host}", f"https://{host}"}
+    if public_origin:
+        allowed.add(public_origin)
+    return origin.rstrip("/") in allowed

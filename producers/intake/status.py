@@ -30,8 +30,10 @@ from pydantic import BaseModel, ValidationError
 from producers.intake.actions import PAGE_HEADERS
 from producers.intake.bodies import MAX_BODY_BYTES, BodyError, json_error, parse_json, read_body
 from producers.intake.errors import field_reasons
-from producers.intake.form import form_errors, pick_lang
+from producers.intake.form import checkbox, form_errors, pick_lang
+from producers.intake.form_guard import same_origin
 from producers.intake.incidents import CodeStatus, ReportLookup, ReportStatus
+from producers.intake.openapi import REF
 from producers.intake.publisher import PublishError, ReportPublisher
 from producers.intake.ratelimit import ClientLimiter, client_key
 from producers.intake.status_page import TEXT as STATUS_TEXT
@@ -89,7 +91,10 @@ class StatusDesk:
 
 
 def _follow_up_schema() -> dict[str, Any]:
-    schema = ReportIn.model_json_schema()
+    # Nested models are referred to as the document's components (``openapi.add_components``
+    # registers ReportIn's), so that every reference resolves.
+    schema = ReportIn.model_json_schema(ref_template=REF)
+    schema.pop("$defs", None)
     schema["properties"] = {k: v for k, v in schema["properties"].items() if k != "school_code"}
     schema["required"] = [f for f in schema.get("required", []) if f != "school_code"]
     schema["description"] = "A report's fields without school_code, which the original gives."
@@ -105,7 +110,7 @@ def _form_report(form: dict[str, str], school_code: str) -> dict[str, Any]:
         "reporter_role": "anonymous",
         "school_code": school_code,
         "description": form.get("description", ""),
-        "immediate_danger": bool(form.get("immediate_danger")),
+        "immediate_danger": checkbox(form.get("immediate_danger")),
     }
     contact = {
         key: form[f"contact_{key}"].strip()
@@ -290,6 +295,11 @@ def add_status_routes(
         response_class=HTMLResponse,
         summary="The reporter's status page (bilingual): type a code, see the status, add "
         "information",
+        responses={
+            404: {"description": "No report with this code: the lookup page again, to retype it."},
+            429: {"description": "Too many lookups from this address; `Retry-After` says when."},
+            503: {"description": "Reports are still being read back; `Retry-After` says when."},
+        },
     )
     async def status_page(
         request: Request, code: str | None = None, lang: str | None = None
@@ -315,9 +325,46 @@ def add_status_routes(
         metrics.lookups.labels("found").inc()
         return html(shown, 200)
 
-    @app.post("/report/status", response_class=HTMLResponse, include_in_schema=False)
+    @app.post(
+        "/report/status",
+        response_class=HTMLResponse,
+        summary="Add information to a report from its status page (a form post)",
+        responses={
+            403: {"description": "Sent from another site: nothing stored, the page again."},
+            404: {"description": "No report with this code."},
+            413: {"description": "Body too large."},
+            422: {"description": "The addition is not valid: the page again with the problems."},
+            429: {"description": "Too many additions from this address; see `Retry-After`."},
+            503: {"description": "Not stored (the broker or the view is unavailable)."},
+        },
+        openapi_extra={
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/x-www-form-urlencoded": {
+                        "schema": {
+                            "type": "object",
+                            "required": ["code", "description"],
+                            "properties": {
+                                "code": {"type": "string"},
+                                "description": {"type": "string"},
+                                "immediate_danger": {"type": "string"},
+                                "contact_name": {"type": "string"},
+                                "contact_phone": {"type": "string"},
+                                "contact_email": {"type": "string"},
+                            },
+                        }
+                    }
+                },
+            }
+        },
+    )
     async def add_by_page(request: Request, lang: str | None = None) -> HTMLResponse:
         language = pick_lang(lang)
+        if not same_origin(request.headers):
+            # Another site cannot add to a report in a visitor's name, even knowing its code.
+            reports.labels("web_form", "refused").inc()
+            return html(render_lookup(language, "", "cross_site"), 403)
         wait = desk.follow_ups.hit(address(request))
         if wait is not None:
             return page_limited(language, "", wait)

@@ -44,6 +44,8 @@ TEXT: dict[str, dict[str, str]] = {
         "unknown": "Không tìm thấy báo cáo nào có mã này. Hãy kiểm tra lại mã (báo cáo vừa "
         "gửi có thể cần vài giây để hiện ra).",
         "limited": "Bạn đã tra cứu quá nhiều lần. Vui lòng thử lại sau {seconds} giây.",
+        "cross_site": "Nội dung này được gửi từ một trang web khác nên chưa được lưu. Hãy mở "
+        "trang theo dõi báo cáo và gửi lại từ đó.",
         "not_ready": "Hệ thống đang tải thông tin tình trạng. Vui lòng thử lại sau ít phút.",
         "unavailable": "Hệ thống tạm thời không lưu được thông tin. Thông tin bổ sung CHƯA được "
         "gửi. Vui lòng thử lại sau ít phút hoặc gọi 111.",
@@ -84,6 +86,8 @@ TEXT: dict[str, dict[str, str]] = {
         "unknown": "No report with this code was found. Please check the code (a report sent "
         "moments ago may take a few seconds to appear).",
         "limited": "Too many lookups from your connection. Please try again in {seconds} seconds.",
+        "cross_site": "This was sent from another website, so nothing was stored. Open the "
+        "report's status page and send it from there.",
         "not_ready": "Status information is still loading. Please try again in a minute.",
         "unavailable": "We cannot store information right now. It has NOT been sent. Please "
         "try again in a few minutes or call 111.",

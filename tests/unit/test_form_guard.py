@@ -160,3 +160,28 @@ def test_a_flood_from_one_address_waits_and_loses_no_text(publisher: FakeReportP
 
 def test_the_form_page_is_never_cached(client: TestClient) -> None:
     assert client.get("/report").headers["Cache-Control"] == "no-store"
+
+
+@pytest.mark.parametrize(
+    "path", ["/report", "/report?lang=en", "/report/status", "/v1/schools?q=x", "/healthz"]
+)
+def test_every_page_and_answer_carries_the_security_headers(client: TestClient, path: str) -> None:
+    headers = client.get(path).headers
+    assert headers["X-Frame-Options"] == "DENY"
+    assert headers["X-Content-Type-Options"] == "nosniff"
+    assert headers["Referrer-Policy"] == "same-origin"
+    policy = headers["Content-Security-Policy"]
+    assert "frame-ancestors 'none'" in policy and "base-uri 'none'" in policy
+    assert "unsafe-eval" not in policy and "script-src *" not in policy
+    assert "Strict-Transport-Security" not in headers  # plain HTTP: the proxy's business
+
+
+def test_a_page_keeps_its_own_stricter_headers_and_https_adds_hsts(
+    publisher: FakeReportPublisher,
+) -> None:
+    with make_client(publisher, public_url="https://baocao.example.vn") as client:
+        page = client.get("/report/status", params={"code": "ESC-AAAA-BBBB"})
+        assert page.headers["Cache-Control"] == "no-store"
+        assert page.headers["X-Robots-Tag"] == "noindex, nofollow"
+        assert page.headers["Content-Security-Policy"].count("default-src") == 1
+        assert page.headers["Strict-Transport-Security"].startswith("max-age=")

@@ -406,3 +406,55 @@ def test_a_transactional_request_that_is_answered_returns_or_raises_its_own_erro
     manager.begin_commit = lambda: fenced
     with pytest.raises(ProducerFencedError):
         bounded_producer.commit_transaction()
+
+
+def test_dropping_a_partition_whose_producer_cannot_close_goes_on(worker: Counting) -> None:
+    """kafka-python's close lets a flush timeout escape; that once crashed the whole worker."""
+
+    class Unflushable(FakeProducer):
+        def close(self, timeout: float | None = None) -> None:
+            from kafka.errors import KafkaTimeoutError
+
+            raise KafkaTimeoutError("Timeout waiting for future")
+
+    worker.producers[0] = Unflushable()
+    worker._drop({0})
+    assert 0 not in worker.producers and 0 not in worker.states
+
+
+def test_the_transactional_producer_closes_even_when_its_flush_gives_up(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from kafka import KafkaProducer
+    from kafka.errors import KafkaTimeoutError
+
+    from consumers.transactions import TransactionalProducer
+
+    class Sender:
+        alive = True
+
+        def is_alive(self) -> bool:
+            return self.alive
+
+        def force_close(self) -> None:
+            self.alive = False
+
+    class Probe(TransactionalProducer):
+        """No broker: only the state ``close`` looks at."""
+
+        def __init__(self) -> None:
+            self._sender = Sender()
+            self._closed = False
+
+        def __del__(self) -> None:
+            pass
+
+    def flush_gives_up(
+        self: object, timeout: float | None = None, null_logger: bool = False
+    ) -> None:
+        raise KafkaTimeoutError("Timeout waiting for future")
+
+    monkeypatch.setattr(KafkaProducer, "close", flush_gives_up)
+    producer = Probe()
+    producer.close(timeout=1)
+    assert producer._sender.alive is False and producer._closed is True
