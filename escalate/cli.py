@@ -13,6 +13,7 @@ from typing import TextIO
 
 from escalate.components import COMPONENTS
 from escalate.settings import Settings
+from schemas.common import Tier
 
 
 def _settings() -> Settings:
@@ -140,9 +141,15 @@ def cmd_import(args: argparse.Namespace) -> int:
 
     settings = _settings()
     url = args.url or f"http://{settings.http_host}:{settings.http_port}"
-    key = args.api_key or next(iter(settings.api_keys), "")
+    from producers.intake.keys import is_hashed
+
+    # A hashed entry (sha256:...) cannot be sent: only the intake's own plain keys can.
+    key = args.api_key or next((k for k in settings.api_keys if not is_hashed(k)), "")
     if not key:
-        print("no API key: pass --api-key or set ESCALATE_INTAKE_API_KEYS", file=sys.stderr)
+        print(
+            "no API key: pass --api-key (the configured keys, if any, are stored hashed)",
+            file=sys.stderr,
+        )
         return 2
     fmt = format_of(args.file, args.format)
     problem = unreachable(url)
@@ -201,6 +208,17 @@ def cmd_schemas_export(args: argparse.Namespace) -> int:
 
     written = export_json_schemas(Path(args.out))
     print(f"wrote {len(written)} JSON Schema files to {args.out}")
+    return 0
+
+
+def cmd_key_new(args: argparse.Namespace) -> int:
+    from producers.intake.keys import hashed, new_key
+
+    key = new_key()
+    entry = f"{args.name}={args.tier + ':' if args.tier else ''}{hashed(key)}"
+    variable = "ESCALATE_AUTHORITY_API_KEYS" if args.tier else "ESCALATE_INTAKE_API_KEYS"
+    print(f"key for {args.name} (give it to them once; it is not stored anywhere): {key}")
+    print(f"entry for {variable}: {entry}")
     return 0
 
 
@@ -302,6 +320,22 @@ def build_parser() -> argparse.ArgumentParser:
     exp = ssub.add_parser("export", help="write JSON Schema files")
     exp.add_argument("--out", default="schemas/json")
     exp.set_defaults(func=cmd_schemas_export)
+
+    key = sub.add_parser("key", help="API keys for intake clients and authority systems")
+    ksub = key.add_subparsers(dest="key_command", required=True)
+    knew = ksub.add_parser(
+        "new",
+        help="a new random key, and its hashed entry for the configuration",
+        description="Prints a new key (for the client) and the entry that lets it in, with "
+        "only the key's SHA-256 in the configuration.",
+    )
+    knew.add_argument("name", help="the client's name, recorded with what it sends")
+    knew.add_argument(
+        "--tier",
+        choices=[t.value for t in Tier],
+        help="an authority system's key, acting for this tier (ESCALATE_AUTHORITY_API_KEYS)",
+    )
+    knew.set_defaults(func=cmd_key_new)
 
     try:
         from escalate.cli_kafka import add_kafka_commands

@@ -81,6 +81,7 @@ def intake_app(settings: Settings) -> FastAPI:
     from producers.intake.app import create_app
     from producers.intake.form_guard import FORM_RATE, FormGuard
     from producers.intake.incidents import IncidentView
+    from producers.intake.keys import KeyRing
     from producers.intake.publisher import ActionPublisher, ReportPublisher
     from producers.intake.ratelimit import FOLLOW_UP_RATE, LOOKUP_RATE, share_of_rate
     from producers.intake.schools import SchoolFinder
@@ -107,7 +108,7 @@ def intake_app(settings: Settings) -> FastAPI:
         secret_key=settings.secret_key.get_secret_value(),
         previous_secret_keys=settings.previous_keys,
         link_max_age_s=int(policy.acknowledgement.link_valid_for.total_seconds()),
-        authority_keys=settings.authority_keys,
+        authority_keys=KeyRing(settings.authority_keys),
         publisher=action_publisher,
         incidents=incidents,
         school_names={
@@ -150,9 +151,24 @@ def intake_app(settings: Settings) -> FastAPI:
     # Each worker process counts in its own memory unless the storage is shared; then each gets
     # its share of the limit, so an address never gets more than the whole of it.
     shares = settings.intake_workers if settings.intake_rate_limit_storage == "memory://" else 1
+    clients = KeyRing(settings.api_keys)
+    authorities = KeyRing(settings.authority_keys)
+    for variable, ring in (
+        ("ESCALATE_INTAKE_API_KEYS", clients),
+        ("ESCALATE_AUTHORITY_API_KEYS", authorities),
+    ):
+        if ring.plain:
+            # Names only, never the keys.
+            log.warning(
+                "%s holds %d plain key(s) (%s): anyone who reads the configuration can use "
+                "them; store their sha256 instead (`escalate key new NAME` prints both)",
+                variable,
+                len(ring.plain),
+                ", ".join(str(who[0] if isinstance(who, tuple) else who) for who in ring.plain),
+            )
     app = create_app(
         publisher,
-        settings.api_keys,
+        clients,
         REGISTRY,
         actions=desk,
         lookup_rate=share_of_rate(LOOKUP_RATE, shares),

@@ -29,8 +29,18 @@ def parse_api_keys(raw: str) -> dict[str, str]:
             raise ValueError(
                 f"ESCALATE_INTAKE_API_KEYS entry {chunk.split('=')[0]!r} must look like name=key"
             )
+        _check_hashed("ESCALATE_INTAKE_API_KEYS", name.strip(), key.strip())
         keys[key.strip()] = name.strip()
     return keys
+
+
+def _check_hashed(variable: str, name: str, key: str) -> None:
+    from producers.intake.keys import digest_of
+
+    try:
+        digest_of(key)
+    except ValueError as exc:
+        raise ValueError(f"{variable} entry {name!r}: {exc}") from None
 
 
 def parse_authority_keys(raw: str) -> dict[str, tuple[str, Tier]]:
@@ -47,6 +57,7 @@ def parse_authority_keys(raw: str) -> dict[str, tuple[str, Tier]]:
             raise ValueError(
                 f"ESCALATE_AUTHORITY_API_KEYS entry {name.strip()!r} must look like name=tier:key"
             )
+        _check_hashed("ESCALATE_AUTHORITY_API_KEYS", name.strip(), key.strip())
         try:
             keys[key.strip()] = (name.strip(), Tier(tier.strip()))
         except ValueError:

@@ -22,6 +22,7 @@ from types import FrameType
 
 from escalate.components import COMPONENTS
 from escalate.settings import Settings
+from producers.intake.keys import hashed
 
 SAMPLES = Path(__file__).resolve().parent / "defaults" / "sample-reports.jsonl"
 
@@ -111,7 +112,7 @@ def up(settings: Settings) -> int:
         api_key = ""
         if not settings.api_keys:
             api_key = secrets.token_urlsafe(18)
-            env["ESCALATE_INTAKE_API_KEYS"] = f"local-dev={api_key}"
+            env["ESCALATE_INTAKE_API_KEYS"] = f"local-dev={hashed(api_key)}"
             _say(f"no ESCALATE_INTAKE_API_KEYS: this run accepts X-API-Key: {api_key}")
         for name in COMPONENTS:
             procs[name] = subprocess.Popen(

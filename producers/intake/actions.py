@@ -43,6 +43,7 @@ from producers.intake.bodies import BodyError, json_error, parse_json, read_body
 from producers.intake.errors import field_reasons
 from producers.intake.form import pick_lang
 from producers.intake.incidents import IncidentLookup
+from producers.intake.keys import KeyRing
 from producers.intake.openapi import REF
 from producers.intake.publisher import ActionPublisher, PublishError
 from schemas.actions import MAX_NOTE_CHARS, ActionKind, IncidentAction
@@ -148,7 +149,8 @@ class ActionDesk:
 
     secret_key: str
     link_max_age_s: int
-    authority_keys: dict[str, tuple[str, Tier]]
+    #: configured key (plain or ``sha256:…``) → the authority system and the tier it acts for
+    authority_keys: Mapping[str, tuple[str, Tier]] | KeyRing[tuple[str, Tier]]
     publisher: ActionPublisher
     incidents: IncidentLookup
     school_names: Mapping[str, str] = field(default_factory=dict)
@@ -440,15 +442,14 @@ def add_action_routes(app: FastAPI, desk: ActionDesk, metrics: ActionMetrics) ->
             headers=PAGE_HEADERS,
         )
 
+    authorities = (
+        desk.authority_keys
+        if isinstance(desk.authority_keys, KeyRing)
+        else KeyRing(desk.authority_keys)
+    )
+
     def authority_for(key: str | None) -> tuple[str, Tier] | None:
-        if not key:
-            return None
-        found = None
-        # Every key is compared, so the time taken does not tell which one nearly matched.
-        for candidate, who in desk.authority_keys.items():
-            if secrets.compare_digest(candidate.encode(), key.encode()):
-                found = who
-        return found
+        return authorities.find(key)
 
     @app.get(
         "/v1/incidents/{incident_id}",

@@ -6,8 +6,7 @@ answer is 503, so no reporter is ever told 'accepted' for a report we could lose
 
 from __future__ import annotations
 
-import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 from urllib.parse import parse_qs, urlencode
@@ -54,6 +53,7 @@ from producers.intake.idempotency import (
     parse_key,
 )
 from producers.intake.incidents import ClaimLookup, ReportLookup, normalise_tracking_code
+from producers.intake.keys import KeyRing
 from producers.intake.openapi import add_components, ref
 from producers.intake.publisher import PublishError, ReportPublisher
 from producers.intake.ratelimit import FOLLOW_UP_RATE, LOOKUP_RATE, ClientLimiter, client_key
@@ -94,7 +94,7 @@ class IntakeMetrics:
 
 def create_app(
     publisher: ReportPublisher,
-    api_keys: dict[str, str],
+    api_keys: Mapping[str, str] | KeyRing[str],
     registry: CollectorRegistry,
     extra_ready: Callable[[], dict[str, bool]] | None = None,
     actions: ActionDesk | None = None,
@@ -109,7 +109,8 @@ def create_app(
     form_guard: FormGuard | None = None,
     form_rate: str = FORM_RATE,
 ) -> FastAPI:
-    """``api_keys`` maps each accepted key to the client name recorded with its reports.
+    """``api_keys`` maps each accepted key (plain, or ``sha256:…``: ``keys.KeyRing``) to the
+    client name recorded with its reports.
 
     With ``actions`` the app also serves the personal links of notification mails
     (``/a/{token}``) and the authority API (``/v1/incidents/…``); without, only intake.
@@ -160,14 +161,10 @@ def create_app(
         if status_view is not None:
             status_view.note_submitted(submitted)
 
+    clients = api_keys if isinstance(api_keys, KeyRing) else KeyRing(api_keys)
+
     def client_for(key: str | None) -> str | None:
-        if not key:
-            return None
-        found = None
-        for candidate, name in api_keys.items():
-            if secrets.compare_digest(candidate.encode(), key.encode()):
-                found = name
-        return found
+        return clients.find(key)
 
     if bots:
         if schools is None or status_view is None or bot_store is None:
