@@ -51,6 +51,16 @@ def parse_yaml_text(text: str, model: type[M], source: str) -> M:
         mark = exc.problem_mark
         where = f"{source}:{mark.line + 1}" if mark else source
         raise ConfigError(f"{where}: not valid YAML: {exc.problem}") from exc
+    except yaml.reader.ReaderError as exc:
+        # A character YAML does not allow (a control character pasted in, say): name the line.
+        at_line = text.count("\n", 0, exc.position) + 1
+        char = exc.character
+        shown = f"U+{char:04X}" if isinstance(char, int) else repr(char)
+        raise ConfigError(
+            f"{source}:{at_line}: not valid YAML: character {shown} is not allowed"
+        ) from exc
+    except yaml.YAMLError as exc:  # any other way the text is not YAML
+        raise ConfigError(f"{source}: not valid YAML: {type(exc).__name__}") from exc
     if node is None or data is None:
         raise ConfigError(f"{source}: the file is empty")
     lines = _line_index(node)

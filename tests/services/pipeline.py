@@ -85,20 +85,25 @@ class Components:
 
     def start(self, *names: str) -> None:
         for name in names:
-            with (self.log_dir / f"{name}.log").open("ab") as out:
-                self.procs[name] = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "escalate.cli",
-                        *(["-v"] if self.verbose else []),
-                        "run",
-                        name,
-                    ],
-                    env=self.env,
-                    stdout=out,
-                    stderr=subprocess.STDOUT,
-                )
+            self.start_as(name, name)
+
+    def start_as(self, label: str, component: str, extra_env: dict[str, str] | None = None) -> None:
+        """``escalate run COMPONENT`` under another name (a second instance of one component),
+        logging to ``LABEL.log``; ``extra_env`` for what must differ between instances."""
+        with (self.log_dir / f"{label}.log").open("ab") as out:
+            self.procs[label] = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "escalate.cli",
+                    *(["-v"] if self.verbose else []),
+                    "run",
+                    component,
+                ],
+                env={**self.env, **(extra_env or {})},
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
 
     def kill(self, name: str) -> None:
         proc = self.procs[name]

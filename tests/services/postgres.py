@@ -228,3 +228,35 @@ def stop() -> None:
         cluster, _cluster = _cluster, None
     if cluster is not None:
         _stop_cluster(cluster.bin_dir, cluster.root, cluster.as_other_user)
+
+
+def pause() -> None:
+    """Stop this process's private cluster, keeping its data (a database outage)."""
+    cluster = _cluster
+    assert cluster is not None, "no private cluster to pause (ESCALATE_TEST_POSTGRES_URL set?)"
+    data = cluster.root / "data"
+    pg_ctl = [str(cluster.bin_dir / "pg_ctl"), "-D", str(data), "-w", "-t", "30"]
+    _run(cluster.root, cluster.as_other_user, [*pg_ctl, "-m", "fast", "stop"], "stop")
+
+
+def resume() -> None:
+    """Start the paused cluster again, on the same port and data."""
+    cluster = _cluster
+    assert cluster is not None, "no private cluster to resume"
+    data = cluster.root / "data"
+    _run(
+        cluster.root,
+        cluster.as_other_user,
+        [
+            str(cluster.bin_dir / "pg_ctl"),
+            "-D",
+            str(data),
+            "-l",
+            str(cluster.root / "postgres.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        ],
+        "start",
+    )

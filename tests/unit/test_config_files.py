@@ -121,3 +121,11 @@ def test_holder_applies_a_changed_policy_and_refuses_a_broken_one(tmp_path: Path
     clock[0] = 4.0
     assert holder.current().policy_version == second.policy_version
     assert refused and "not valid YAML" in refused[0]
+
+
+def test_a_control_character_in_a_config_file_is_refused_with_its_line() -> None:
+    from schemas.policy import Policy
+    from schemas.yaml_loader import ConfigError, parse_yaml_text
+
+    with pytest.raises(ConfigError, match=r"policy.yaml:2: .*U\+0016 is not allowed"):
+        parse_yaml_text("version: x\nname: \x16\n", Policy, "policy.yaml")

@@ -245,3 +245,66 @@ def test_routing_plans_every_classified_incident(
     wanted = tiers if tiers is not None else POLICY.severities[incident.decision.severity].notify
     if wanted:
         assert plan.notifications, "a tier that is asked for is never left without a recipient"
+
+
+# -- the YAML loaders ----------------------------------------------------------------------------
+
+YAML_SCALARS = st.one_of(
+    st.none(), st.booleans(), st.integers(), st.floats(allow_nan=True), st.text(max_size=20)
+)
+YAML_VALUES = st.recursive(
+    YAML_SCALARS,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def _shipped(name: str) -> Any:
+    import yaml
+
+    return yaml.safe_load((DEFAULT_CONFIG_DIR / name).read_text("utf-8"))
+
+
+@pytest.mark.parametrize(
+    ("name", "model"),
+    [("policy.yaml", Policy), ("directory.yaml", Directory)],
+)
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_config_files_fail_only_with_a_config_error(name: str, model: Any, data: Any) -> None:
+    """Whatever an operator writes (broken YAML, a shipped file with a value replaced at any
+    depth), loading gives the model or a ConfigError naming where, never another exception."""
+    import yaml
+
+    from schemas.rules import ClassificationRules
+    from schemas.yaml_loader import ConfigError, parse_yaml_text
+
+    model = model or ClassificationRules
+    base = _shipped(name)
+    choice = data.draw(st.sampled_from(["garbage", "mutated"]))
+    if choice == "garbage":
+        text = data.draw(st.text(max_size=200))
+    else:
+        doc = base
+        path: list[Any] = []
+        while isinstance(doc, dict | list) and doc and data.draw(st.booleans()):
+            key = data.draw(
+                st.sampled_from(list(doc) if isinstance(doc, dict) else range(len(doc)))
+            )
+            path.append(key)
+            doc = doc[key]
+        mutated = json.loads(json.dumps(base))
+        target = mutated
+        for key in path[:-1]:
+            target = target[key]
+        if path:
+            target[path[-1]] = data.draw(YAML_VALUES)
+        else:
+            mutated = data.draw(YAML_VALUES)
+        text = yaml.safe_dump(mutated, allow_unicode=True)
+    try:
+        parse_yaml_text(text, model, name)
+    except ConfigError as exc:
+        assert name in str(exc)
