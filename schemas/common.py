@@ -77,13 +77,26 @@ _CONTROLS = [c for c in (*range(0x00, 0x20), *range(0x7F, 0xA0)) if chr(c) not i
 # text display in an order other than the one it is stored in ("Trojan source" spoofing), so a
 # recipient could read something other than what the classifier and the audit trail saw.
 _BIDI_CONTROLS = [*range(0x202A, 0x202F), *range(0x2066, 0x206A)]
+# Every other invisible format character (Unicode category Cf): zero-width spaces and joiners,
+# soft hyphens, the BOM, tag characters. Put inside a word they hide it from the classifier
+# ("dụ d<U+200B>ỗ" was read as two harmless fragments, and a critical grooming report came out
+# low) while the recipient still reads the word. Vietnamese and English need none of them; an
+# emoji sequence joined by U+200D falls apart into its emoji, which still say the same.
+# Searched once over the planes that have any (the BMP, the SMP and tags in plane 14).
+_FORMAT = [
+    c
+    for c in (*range(0x20000), *range(0xE0000, 0xE0080))
+    if unicodedata.category(chr(c)) == "Cf"
+    and c not in range(0x202A, 0x202F)
+    and c not in range(0x2066, 0x206A)
+]
 # Lone UTF-16 surrogates (category Cs) are not characters and cannot be encoded as UTF-8.
 _SURROGATES = range(0xD800, 0xE000)
 # What ends a line: NEL (U+0085) is a C1 control that means "new line", so it becomes a line
 # break rather than vanishing and gluing two words together; likewise U+2028 and U+2029.
 _LINE_BREAKS = (0x0A, 0x0D, 0x85, 0x2028, 0x2029)
 
-_DROP: dict[int, str | None] = dict.fromkeys((*_CONTROLS, *_BIDI_CONTROLS, *_SURROGATES))
+_DROP: dict[int, str | None] = dict.fromkeys((*_CONTROLS, *_BIDI_CONTROLS, *_FORMAT, *_SURROGATES))
 _MULTI_LINE = str.maketrans({**_DROP, **dict.fromkeys(_LINE_BREAKS, "\n")})
 _ONE_LINE = str.maketrans({**_DROP, **dict.fromkeys((*_LINE_BREAKS, 0x09), " ")})
 
@@ -97,6 +110,8 @@ def clean_text(text: str, *, single_line: bool = False) -> str:
     report could not even be written to Kafka), and bidi overrides that make a text read
     differently from how it is stored. Those are removed; newline and tab stay. CR LF and a lone
     CR become LF, and so do NEL, U+2028 and U+2029, so that "a line" means one thing downstream.
+    Invisible format characters (zero-width spaces and joiners, soft hyphens) go too: inside a
+    word they hid it from the classifier.
 
     ``single_line`` is for fields such as a name that end up in a mail header or a table cell:
     there every line break and tab becomes a space, and the ends are trimmed.

@@ -76,3 +76,22 @@ def test_open_incident_carries_the_decision_and_no_text_in_audit() -> None:
     assert result.incident.decision == decision
     assert result.audit.detail["rules_version"] == "abc"
     assert "secret words" not in result.audit.model_dump_json()
+
+
+@pytest.mark.parametrize("hidden", ["\u200b", "\u200c", "\u200d", "\u2060", "\ufeff", "\u00ad"])
+def test_invisible_characters_cannot_hide_a_word_from_the_classifier(hidden: str) -> None:
+    """A zero-width space inside each word once turned a critical grooming report into a low
+    one: the recipient read the words, the classifier saw fragments."""
+    from escalate.settings import DEFAULT_CONFIG_DIR
+    from stream_processors.config_holder import ConfigHolder
+
+    plain = "Một người lạ dụ dỗ em gửi ảnh nhạy cảm và hẹn gặp riêng."
+    hiding = " ".join(w[0] + hidden + w[1:] if len(w) > 1 else w for w in plain.split(" "))
+    report = ReportIn(channel="app", reporter_role="teacher", school_code="A-1", description=hiding)
+    assert report.description == plain
+    judge = (
+        ConfigHolder(DEFAULT_CONFIG_DIR / "policy.yaml", DEFAULT_CONFIG_DIR / "directory.yaml")
+        .current()
+        .classifier
+    )
+    assert judge.classify(report).severity.value == "critical"
