@@ -203,13 +203,12 @@ def test_broker_stopped_for_20_s(
 ) -> None:
     """The pipeline's only broker stops (SIGTERM) for 20 s: the intake answers 503 meanwhile,
     never 202 for a report it did not store; the clients retry; nothing accepted is lost."""
-    from escalate import kafka_local
-
     with cluster_for_tests(tmp_path / "broker", brokers=1) as cluster:
 
         def stop_broker(run: Pipeline) -> float:
             time.sleep(FAULT_AT)
-            kafka_local.stop_node(cluster.settings, 1, hard=False, home=cluster.home)
+            cluster.stop()  # SIGTERM, a controlled shutdown
+            assert not any(n["running"] for n in cluster.status()["nodes"])
             time.sleep(20)
             cluster.restart()
             return time.time()

@@ -10,7 +10,11 @@ city's intake desk as its first notice, exactly as a report did before anything 
 
 It failed in about three runs of four until the state workers bounded their transactional
 calls and the consumer loops replaced stalled clients (docs/SCALING.md, "A three-broker
-cluster on one machine"); the components log at INFO here so that a failure can be explained.
+cluster on one machine"), and then in about one of three until the processors retried a
+coordinator lookup that lost its broker (``aiokafka_patches``), a state worker survived a
+producer that could not close, and a consumer left without partitions counted as stalled
+(docs/RELIABILITY.md). The components log at INFO here, and a failure message carries their
+last warnings and every thread's stack (SIGUSR1), so that a failure can be explained.
 """
 
 from __future__ import annotations
