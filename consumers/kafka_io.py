@@ -189,15 +189,25 @@ class LagReporter:
         self._next = now + self.every_s
         try:
             assigned = list(self.consumer.assignment())
-            ends = self.consumer.end_offsets(assigned) if assigned else {}
             totals = dict.fromkeys(self.topics, 0)
+            measured = 0
             for tp in assigned:
-                behind = ends.get(tp, 0) - self.consumer.position(tp)
+                # The high watermark the last fetch brought back: no request to the broker.
+                # Asking for end offsets instead (``end_offsets``) once hung the whole loop for
+                # minutes after a broker restart: kafka-python 3.0 can lose the reply and
+                # waits for it without a deadline, whatever timeout it was given.
+                high = self.consumer.highwater(tp)
+                if high is None:
+                    continue  # nothing fetched yet: unknown, neither behind nor caught up
+                measured += 1
+                behind = high - self.consumer.position(tp)
                 totals[tp.topic] = totals.get(tp.topic, 0) + max(0, behind)
         except Exception as exc:  # a figure for operators must never stop the consumer
             log.debug("lag not measured this round: %s", type(exc).__name__)
             return
-        if assigned and not any(totals.values()):
+        if assigned and not measured:
+            return  # nothing known this round: keep the last figure
+        if assigned and measured == len(assigned) and not any(totals.values()):
             # Caught up: waiting is not stalling. A consumer with no partitions is not caught
             # up but waiting for the group to hand it some: a join that never completes (seen
             # with kafka-python 3.0 when metadata changed during a rebalance) must count as a

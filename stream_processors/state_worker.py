@@ -302,9 +302,13 @@ class StateWorker(Generic[S]):
                 acks="all",
                 enable_idempotence=True,
             )
-            producer.init_transactions()  # fences the previous owner of p, aborts its leftovers
-            self.producers[p] = producer
-            self.states[p] = self._restore(p)
+            # Fencing and reading back are bounded (max_block_ms, restore_timeout_s), but a
+            # kafka-python 3.0 client can lose a reply and wait for it past any timeout; the
+            # watchdog ends the process then, rather than leave it holding p doing nothing.
+            with self.watchdog.guard(f"taking partition {p}"):
+                producer.init_transactions()  # fences p's previous owner, aborts its leftovers
+                self.producers[p] = producer
+                self.states[p] = self._restore(p)
             self._stuck[p] = set()
             took = time.monotonic() - started
             self.restore_seconds.observe(took)

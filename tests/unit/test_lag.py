@@ -17,7 +17,7 @@ class TP:
 
 
 class FakeConsumer:
-    """The three calls the reporter makes, over a fixed assignment."""
+    """The calls the reporter makes, over a fixed assignment; no request to a broker."""
 
     def __init__(self, ends: dict[TP, int], positions: dict[TP, int]) -> None:
         self.ends = ends
@@ -27,10 +27,11 @@ class FakeConsumer:
     def assignment(self) -> set[TP]:
         return set(self.positions)
 
-    def end_offsets(self, tps: list[TP]) -> dict[TP, int]:
+    def highwater(self, tp: TP) -> int | None:
+        """What the last fetch said; None before any (or while fetches fail)."""
         if self.broken:
-            raise TimeoutError("broker away")
-        return {tp: self.ends[tp] for tp in tps}
+            return None
+        return self.ends[tp]
 
     def position(self, tp: TP) -> int:
         return self.positions[tp]
