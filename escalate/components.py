@@ -83,7 +83,12 @@ def intake_app(settings: Settings) -> FastAPI:
     from producers.intake.incidents import IncidentView
     from producers.intake.keys import KeyRing
     from producers.intake.publisher import ActionPublisher, ReportPublisher
-    from producers.intake.ratelimit import FOLLOW_UP_RATE, LOOKUP_RATE, share_of_rate
+    from producers.intake.ratelimit import (
+        CLIENT_RATE,
+        FOLLOW_UP_RATE,
+        LOOKUP_RATE,
+        share_of_rate,
+    )
     from producers.intake.schools import SchoolFinder
     from schemas.directory import Directory
     from schemas.policy import Policy
@@ -184,6 +189,7 @@ def intake_app(settings: Settings) -> FastAPI:
             public_url=settings.links_base_url,
         ),
         form_rate=share_of_rate(FORM_RATE, shares),
+        client_rate=share_of_rate(CLIENT_RATE, shares),
     )
     multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
 

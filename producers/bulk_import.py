@@ -29,7 +29,7 @@ from typing import Any, TextIO
 from schemas.reports import ReportIn
 
 #: answers worth another try with the same key: the intake said "not stored, retry"
-RETRY_STATUSES = {502, 503, 504}
+RETRY_STATUSES = {429, 502, 503, 504}
 ATTEMPTS = 4
 
 _CONTACT_COLUMNS = {"contact_name": "name", "contact_phone": "phone", "contact_email": "email"}

@@ -56,7 +56,13 @@ from producers.intake.incidents import ClaimLookup, ReportLookup, normalise_trac
 from producers.intake.keys import KeyRing
 from producers.intake.openapi import add_components, ref
 from producers.intake.publisher import PublishError, ReportPublisher
-from producers.intake.ratelimit import FOLLOW_UP_RATE, LOOKUP_RATE, ClientLimiter, client_key
+from producers.intake.ratelimit import (
+    CLIENT_RATE,
+    FOLLOW_UP_RATE,
+    LOOKUP_RATE,
+    ClientLimiter,
+    client_key,
+)
 from producers.intake.schools import UNKNOWN_SCHOOL, SchoolFinder, SchoolMatch, looks_like_code
 from producers.intake.status import StatusDesk, StatusMetrics, add_status_routes
 from schemas.reports import IdempotencyClaim, ReportIn, ReportSubmitted
@@ -108,6 +114,7 @@ def create_app(
     public_url: str = "",
     form_guard: FormGuard | None = None,
     form_rate: str = FORM_RATE,
+    client_rate: str = CLIENT_RATE,
 ) -> FastAPI:
     """``api_keys`` maps each accepted key (plain, or ``sha256:…``: ``keys.KeyRing``) to the
     client name recorded with its reports.
@@ -129,7 +136,7 @@ def create_app(
 
     ``form_guard`` signs and checks the web form's tokens (give every intake process of a
     deployment one built from the same secret key); ``form_rate`` limits form posts per
-    address.
+    address, ``client_rate`` reports per API client (key).
     """
     app = FastAPI(title="incident-escalation intake", version="1", docs_url="/docs")
     app.add_middleware(SecurityHeaders, https=public_url.startswith("https://"))
@@ -155,6 +162,7 @@ def create_app(
     in_flight = InFlight()
     guard = form_guard or FormGuard()
     form_posts = ClientLimiter("report-form", form_rate, rate_limit_storage)
+    client_posts = ClientLimiter("report-api", client_rate, rate_limit_storage)
 
     def noted(submitted: ReportSubmitted) -> None:
         # The reporter may look the code up at once, before the view reads it back.
@@ -201,6 +209,10 @@ def create_app(
                 "model": ErrorBody,
                 "description": "A field is missing or invalid; `fields` says which and why.",
             },
+            429: {
+                "model": ErrorBody,
+                "description": "Too many reports from this client; `Retry-After` says when.",
+            },
             501: {
                 "model": ErrorBody,
                 "description": "Idempotency-Key sent to an intake that keeps none.",
@@ -240,6 +252,17 @@ def create_app(
         if client is None:
             metrics.requests.labels("unknown", "unauthorized").inc()
             return json_error(401, "missing or unknown X-API-Key header")
+        wait_s = client_posts.hit(client)
+        if wait_s is not None:
+            # One client (an app, an import) cannot crowd out the others; it is told when
+            # to come back, and a retry with its Idempotency-Key stays safe.
+            metrics.requests.labels("unknown", "limited").inc()
+            return json_error(
+                429,
+                f"too many reports from this client; retry in {wait_s} s",
+                retry=True,
+                headers={"Retry-After": str(wait_s)},
+            )
         try:
             key = parse_key(request.headers.get(IDEMPOTENCY_HEADER))
         except InvalidKey as exc:

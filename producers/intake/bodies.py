@@ -30,8 +30,10 @@ class ErrorBody(BaseModel):
     )
 
 
-def json_error(status: int, error: str, **extra: Any) -> JSONResponse:
-    return JSONResponse({"error": error, **extra}, status_code=status)
+def json_error(
+    status: int, error: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
+    return JSONResponse({"error": error, **extra}, status_code=status, headers=headers)
 
 
 async def read_body(request: Request) -> bytes | None:

@@ -25,6 +25,9 @@ from limits.strategies import MovingWindowRateLimiter
 #: Default per-address limits: a reporter checks a few times; a guesser needs 2^40 tries.
 LOOKUP_RATE = "30/minute"
 FOLLOW_UP_RATE = "10/hour"
+#: Per API client (key): an app forwarding every user's reports, or a bulk import, gets far
+#: more than a burst of a break-in needs (100 a second), but cannot crowd out the others.
+CLIENT_RATE = "6000/minute"
 
 
 def share_of_rate(rate: str, processes: int) -> str:

@@ -74,3 +74,24 @@ def test_key_new_prints_a_key_and_the_entry_that_lets_exactly_it_in() -> None:
     entry = out.splitlines()[1].rsplit(": ", 1)[1]
     assert entry.startswith("police-system=police:sha256:") and key not in entry
     assert KeyRing(parse_authority_keys(entry)).find(key) == ("police-system", Tier.police)
+
+
+def test_one_api_client_is_limited_and_told_when_to_come_back() -> None:
+    publisher = FakeReportPublisher()
+    app = create_app(
+        publisher,  # type: ignore[arg-type]
+        {"key-a": "app-a", "key-b": "app-b"},
+        CollectorRegistry(),
+        client_rate="3/minute",
+    )
+    with TestClient(app) as client:
+        answers = [
+            client.post("/v1/reports", json=REPORT, headers={"X-API-Key": "key-a"})
+            for _ in range(4)
+        ]
+        other = client.post("/v1/reports", json=REPORT, headers={"X-API-Key": "key-b"})
+    assert [a.status_code for a in answers] == [202, 202, 202, 429]
+    assert int(answers[-1].headers["Retry-After"]) >= 1
+    assert answers[-1].json()["retry"] is True
+    assert other.status_code == 202  # another client is not held back by the first
+    assert len(publisher.published) == 4
