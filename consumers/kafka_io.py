@@ -17,6 +17,7 @@ everything that must be the same for all of them:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -141,11 +142,18 @@ class LoopMetrics:
 
 
 class LagReporter:
-    """Sets ``escalate_consumer_lag_messages`` for one consumer, every few seconds.
+    """Sets ``escalate_consumer_lag_messages`` for one consumer, every few seconds, and says
+    when the consumer has stalled.
 
-    The consumer measures itself (end offsets of its assigned partitions less its positions),
-    so the figure needs no admin access and is there for every process of a group. Lag is an
-    operator's figure, never a reason to stop: a broker that cannot answer just skips a round.
+    The consumer measures itself: the end offsets of its assigned partitions less its
+    positions, so the figure needs no admin access and is there for every process of a group.
+    The end offsets come from a client of the reporter's own, asked in a thread of its own:
+    kafka-python 3.0 can lose the reply to such a request and wait for it past any timeout,
+    and a loop that asked for itself once hung for minutes after a broker restart. A
+    measurement that does not come back in time makes the lag unknown, which counts towards
+    a stall, exactly like a consumer that gets nothing. (The last fetch's high watermark is no
+    substitute: after its leader died it stays where it was, and a consumer that has read up
+    to it looks caught up for ever.)
     """
 
     def __init__(
@@ -155,6 +163,9 @@ class LagReporter:
         topics: Sequence[str],
         registry: CollectorRegistry,
         every_s: float = 5.0,
+        bootstrap_servers: str | list[str] | None = None,
+        end_offsets: Callable[[list[Any]], dict[Any, int]] | None = None,
+        background: bool = True,
     ) -> None:
         self.consumer = consumer
         self.group = group
@@ -165,6 +176,13 @@ class LagReporter:
         started = time.monotonic()
         #: when the consumer last handled records, or was measured to be caught up
         self._progress_at = started
+        self._bootstrap = bootstrap_servers
+        self._end_offsets = end_offsets
+        self._background = background
+        self._side: Any = None
+        self._lock = threading.Lock()
+        self._latest: tuple[float, dict[Any, int]] | None = None
+        self._measuring: threading.Thread | None = None
 
     def handled(self, count: int) -> None:
         """The loop has finished with ``count`` records from a poll."""
@@ -182,6 +200,30 @@ class LagReporter:
         now = time.monotonic()
         return now - self._progress_at > after_s
 
+    def _ends(self, tps: list[Any]) -> dict[Any, int]:
+        if self._end_offsets is not None:
+            return self._end_offsets(tps)
+        if self._side is None:
+            from kafka import KafkaConsumer
+
+            self._side = KafkaConsumer(
+                bootstrap_servers=self._bootstrap,
+                client_id=f"{self.group}-lag",
+                enable_auto_commit=False,
+                isolation_level="read_committed",
+            )
+        ends: dict[Any, int] = self._side.end_offsets(tps, timeout_ms=MEASURE_TIMEOUT_MS)
+        return ends
+
+    def _measure(self, tps: list[Any]) -> None:
+        try:
+            ends = self._ends(tps)
+        except Exception as exc:  # a figure for operators must never stop the consumer
+            log.debug("lag not measured this round: %s", type(exc).__name__)
+            return
+        with self._lock:
+            self._latest = (time.monotonic(), ends)
+
     def maybe_report(self) -> None:
         now = time.monotonic()
         if now < self._next:
@@ -189,32 +231,54 @@ class LagReporter:
         self._next = now + self.every_s
         try:
             assigned = list(self.consumer.assignment())
-            totals = dict.fromkeys(self.topics, 0)
-            measured = 0
+        except Exception:
+            return
+        if assigned and (self._measuring is None or not self._measuring.is_alive()):
+            if self._background:
+                self._measuring = threading.Thread(
+                    target=self._measure, args=(assigned,), name=f"{self.group}-lag", daemon=True
+                )
+                self._measuring.start()
+            else:
+                self._measure(assigned)
+        with self._lock:
+            latest = self._latest
+        if latest is None or now - latest[0] > FRESH_FOR * max(self.every_s, 1.0):
+            return  # nothing measured lately: unknown, neither behind nor caught up
+        ends = latest[1]
+        totals = dict.fromkeys(self.topics, 0)
+        measured = 0
+        try:
             for tp in assigned:
-                # The high watermark the last fetch brought back: no request to the broker.
-                # Asking for end offsets instead (``end_offsets``) once hung the whole loop for
-                # minutes after a broker restart: kafka-python 3.0 can lose the reply and
-                # waits for it without a deadline, whatever timeout it was given.
-                high = self.consumer.highwater(tp)
-                if high is None:
-                    continue  # nothing fetched yet: unknown, neither behind nor caught up
+                if tp not in ends:
+                    continue
                 measured += 1
-                behind = high - self.consumer.position(tp)
+                behind = ends[tp] - self.consumer.position(tp)
                 totals[tp.topic] = totals.get(tp.topic, 0) + max(0, behind)
-        except Exception as exc:  # a figure for operators must never stop the consumer
+        except Exception as exc:
             log.debug("lag not measured this round: %s", type(exc).__name__)
             return
-        if assigned and not measured:
-            return  # nothing known this round: keep the last figure
         if assigned and measured == len(assigned) and not any(totals.values()):
             # Caught up: waiting is not stalling. A consumer with no partitions is not caught
             # up but waiting for the group to hand it some: a join that never completes (seen
             # with kafka-python 3.0 when metadata changed during a rebalance) must count as a
             # stall, and a deployment never runs more members than partitions (SCALING.md).
             self._progress_at = now
-        for topic, total in totals.items():
-            self.gauge.labels(group=self.group, topic=topic).set(total)
+        if measured:
+            for topic, total in totals.items():
+                self.gauge.labels(group=self.group, topic=topic).set(total)
+
+    def close(self) -> None:
+        side, self._side = self._side, None
+        if side is not None:
+            with contextlib.suppress(Exception):
+                side.close()
+
+
+#: how long the side client may take to answer for the end offsets
+MEASURE_TIMEOUT_MS = 10_000
+#: a measurement older than this many reporting intervals is not used
+FRESH_FOR = 3
 
 
 loop_metrics_for = PerRegistry(LoopMetrics)
@@ -357,7 +421,13 @@ def _consume(
         pending[tp] = record.offset + 1
 
     runner = _Partition(stage, config, commit, lambda out: publish(producer, out))
-    lag = LagReporter(consumer, config.group_id, config.topics, registry)
+    lag = LagReporter(
+        consumer,
+        config.group_id,
+        config.topics,
+        registry,
+        bootstrap_servers=config.bootstrap_servers,
+    )
     try:
         await_metadata(consumer, config.topics)
         consumer.subscribe(list(config.topics))
@@ -394,6 +464,7 @@ def _consume(
                 lag.handled(sum(len(records) for records in batch.values()))
         return True
     finally:
+        lag.close()
         consumer.close(autocommit=False)
         producer.close(timeout=10)
 

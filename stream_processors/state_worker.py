@@ -552,7 +552,13 @@ class StateWorker(Generic[S]):
             ),
         )
         self._consumer = consumer
-        lag = LagReporter(consumer, options.group_id, options.inputs, self.registry)
+        lag = LagReporter(
+            consumer,
+            options.group_id,
+            options.inputs,
+            self.registry,
+            bootstrap_servers=bootstrap_servers,
+        )
         try:
             await_metadata(consumer, options.inputs)
             consumer.subscribe(list(options.inputs), listener=Listener())
@@ -582,6 +588,7 @@ class StateWorker(Generic[S]):
                     self._resume(consumer, held)
             return True
         finally:
+            lag.close()
             self._drop(set(self.producers))
             consumer.close(autocommit=False)
 

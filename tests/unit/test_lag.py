@@ -17,7 +17,7 @@ class TP:
 
 
 class FakeConsumer:
-    """The calls the reporter makes, over a fixed assignment; no request to a broker."""
+    """The calls the reporter makes, over a fixed assignment."""
 
     def __init__(self, ends: dict[TP, int], positions: dict[TP, int]) -> None:
         self.ends = ends
@@ -27,14 +27,29 @@ class FakeConsumer:
     def assignment(self) -> set[TP]:
         return set(self.positions)
 
-    def highwater(self, tp: TP) -> int | None:
-        """What the last fetch said; None before any (or while fetches fail)."""
+    def end_offsets(self, tps: list[TP]) -> dict[TP, int]:
+        """What the reporter's own client would answer."""
         if self.broken:
-            return None
-        return self.ends[tp]
+            raise TimeoutError("broker away")
+        return {tp: self.ends[tp] for tp in tps}
 
     def position(self, tp: TP) -> int:
         return self.positions[tp]
+
+
+def reporter_for(
+    consumer: FakeConsumer, topics: list[str], registry: CollectorRegistry, every_s: float
+) -> LagReporter:
+    """Measuring in the loop's own thread, so that a test sees each round at once."""
+    return LagReporter(
+        consumer,
+        "g",
+        topics,
+        registry,
+        every_s=every_s,
+        end_offsets=consumer.end_offsets,
+        background=False,
+    )
 
 
 def lag(registry: CollectorRegistry, topic: str) -> float | None:
@@ -47,7 +62,7 @@ def test_lag_is_summed_per_topic_and_zero_for_topics_not_assigned() -> None:
     registry = CollectorRegistry()
     a0, a1, b0 = TP("a", 0), TP("a", 1), TP("b", 0)
     consumer = FakeConsumer({a0: 10, a1: 7, b0: 3}, {a0: 4, a1: 7, b0: 3})
-    reporter = LagReporter(consumer, "g", ["a", "b", "c"], registry, every_s=0)
+    reporter = reporter_for(consumer, ["a", "b", "c"], registry, 0)
     reporter.maybe_report()
     assert (lag(registry, "a"), lag(registry, "b"), lag(registry, "c")) == (6, 0, 0)
 
@@ -56,7 +71,7 @@ def test_a_broker_that_cannot_answer_skips_a_round_and_keeps_the_last_figure() -
     registry = CollectorRegistry()
     a0 = TP("a", 0)
     consumer = FakeConsumer({a0: 10}, {a0: 2})
-    reporter = LagReporter(consumer, "g", ["a"], registry, every_s=0)
+    reporter = reporter_for(consumer, ["a"], registry, 0)
     reporter.maybe_report()
     consumer.broken = True
     reporter.maybe_report()
@@ -67,7 +82,7 @@ def test_it_measures_at_most_once_per_interval() -> None:
     registry = CollectorRegistry()
     a0 = TP("a", 0)
     consumer = FakeConsumer({a0: 10}, {a0: 2})
-    reporter = LagReporter(consumer, "g", ["a"], registry, every_s=3600)
+    reporter = reporter_for(consumer, ["a"], registry, 3600)
     reporter.maybe_report()
     consumer.positions[a0] = 10
     reporter.maybe_report()
@@ -78,7 +93,7 @@ def test_a_consumer_behind_that_gets_nothing_is_stalled_and_one_caught_up_is_not
     """The client that stopped learning new leaders: behind, polling, receiving nothing."""
     a0 = TP("a", 0)
     consumer = FakeConsumer({a0: 10}, {a0: 2})
-    reporter = LagReporter(consumer, "g", ["a"], CollectorRegistry(), every_s=0)
+    reporter = reporter_for(consumer, ["a"], CollectorRegistry(), 0)
     reporter.maybe_report()
     assert not reporter.stalled(after_s=0.2)  # fresh
     time.sleep(0.3)
@@ -99,7 +114,7 @@ def test_a_consumer_whose_lag_cannot_be_measured_for_long_is_stalled() -> None:
     a0 = TP("a", 0)
     consumer = FakeConsumer({a0: 10}, {a0: 10})
     consumer.broken = True
-    reporter = LagReporter(consumer, "g", ["a"], CollectorRegistry(), every_s=0)
+    reporter = reporter_for(consumer, ["a"], CollectorRegistry(), 0)
     time.sleep(0.3)
     reporter.maybe_report()
     assert reporter.stalled(after_s=0.2)
@@ -109,9 +124,37 @@ def test_a_consumer_left_without_partitions_for_long_is_stalled() -> None:
     """A rebalance that never completes leaves the client with nothing assigned: that is not
     'caught up' (it would never be replaced), it is a stall."""
     consumer = FakeConsumer({}, {})
-    reporter = LagReporter(consumer, "g", ["a"], CollectorRegistry(), every_s=0)
+    reporter = reporter_for(consumer, ["a"], CollectorRegistry(), 0)
     reporter.maybe_report()
     assert not reporter.stalled(after_s=0.2)
     time.sleep(0.3)
     reporter.maybe_report()
     assert reporter.stalled(after_s=0.2)
+
+
+def test_a_measurement_that_never_comes_back_neither_blocks_the_loop_nor_hides_a_stall() -> None:
+    """kafka-python can lose the reply to an end-offsets request and wait for ever: the loop
+    must go on polling, and the consumer must end up replaced, not look caught up."""
+    import threading
+
+    a0 = TP("a", 0)
+    consumer = FakeConsumer({a0: 10}, {a0: 10})
+    never = threading.Event()
+
+    def hangs(tps: list[TP]) -> dict[TP, int]:
+        never.wait(30)
+        return {}
+
+    reporter = LagReporter(
+        consumer, "g", ["a"], CollectorRegistry(), every_s=0, end_offsets=hangs, background=True
+    )
+    try:
+        started = time.monotonic()
+        for _ in range(5):
+            reporter.maybe_report()
+        assert time.monotonic() - started < 1.0  # the loop was never held up
+        time.sleep(0.3)
+        reporter.maybe_report()
+        assert reporter.stalled(after_s=0.2)
+    finally:
+        never.set()
