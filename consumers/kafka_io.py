@@ -36,6 +36,8 @@ PUBLISH_TIMEOUT_S = 30.0
 MAX_PAUSE_S = 30.0
 #: see ``LagReporter.stalled``
 STALL_S = 60.0
+#: a poll asks for at most a second; one that has not returned in this long never will
+POLL_LIMIT_S = 45.0
 
 log = logging.getLogger("escalate.consumer")
 
@@ -275,6 +277,65 @@ class LagReporter:
                 side.close()
 
 
+class PollGuard:
+    """Frees a ``poll`` that has not returned in ``limit_s``, so the loop can replace the client.
+
+    kafka-python 3.0 runs its network I/O on a thread of its own and makes ``poll`` wait for
+    it on an event with no deadline; when the reply it waits for is lost (seen after a broker
+    was killed, and after one was restarted) ``poll`` never returns, whatever its timeout, and
+    the loop cannot even notice that it stalled. A poll asks for at most a second; one that
+    has taken ``limit_s`` is released by failing the client's pending waiters (an internal of
+    kafka-python: the only way to wake that event), which makes ``poll`` raise. ``tripped``
+    then tells the loop to replace the client.
+    """
+
+    def __init__(self, consumer: Any, what: str, limit_s: float = POLL_LIMIT_S) -> None:
+        self._consumer = consumer
+        self._what = what
+        self._limit_s = limit_s
+        self._since: float | None = None
+        self.tripped = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name=f"{what}-poll-guard", daemon=True)
+        self._thread.start()
+
+    @contextlib.contextmanager
+    def polling(self) -> Iterator[None]:
+        self._since = time.monotonic()
+        try:
+            yield
+        finally:
+            self._since = None
+
+    def _watch(self) -> None:
+        while not self._stop.wait(min(1.0, self._limit_s / 4)):
+            since = self._since
+            if since is None or self.tripped or time.monotonic() - since < self._limit_s:
+                continue
+            self.tripped = True
+            log.error(
+                "%s: poll has not returned for %.0f s; freeing it to replace the client",
+                self._what,
+                self._limit_s,
+            )
+            release_waiters(self._consumer)
+
+    def close(self) -> None:
+        self._stop.set()
+
+
+def release_waiters(consumer: Any) -> bool:
+    """Fail whatever the consumer's caller thread waits for; False if this client has no such
+    internals (another kafka-python version: then only a stall check can help)."""
+    from kafka.errors import KafkaTimeoutError
+
+    fail = getattr(getattr(consumer, "_net", None), "_fail_pending_waiters", None)
+    if fail is None:
+        return False
+    fail(KafkaTimeoutError("a poll did not return; the client is being replaced"))
+    return True
+
+
 #: how long the side client may take to answer for the end offsets
 MEASURE_TIMEOUT_MS = 10_000
 #: a measurement older than this many reporting intervals is not used
@@ -428,6 +489,7 @@ def _consume(
         registry,
         bootstrap_servers=config.bootstrap_servers,
     )
+    guard = PollGuard(consumer, stage.name)
     try:
         await_metadata(consumer, config.topics)
         consumer.subscribe(list(config.topics))
@@ -435,7 +497,13 @@ def _consume(
             "%s consuming %s as group %s", stage.name, ", ".join(config.topics), config.group_id
         )
         while not stop.is_set():
-            batch = consumer.poll(timeout_ms=config.poll_timeout_ms)
+            try:
+                with guard.polling():
+                    batch = consumer.poll(timeout_ms=config.poll_timeout_ms)
+            except KafkaError:
+                if guard.tripped:
+                    return False  # replace the client
+                raise
             lag.maybe_report()
             if not batch:
                 if lag.stalled(config.stall_s):
@@ -464,6 +532,7 @@ def _consume(
                 lag.handled(sum(len(records) for records in batch.values()))
         return True
     finally:
+        guard.close()
         lag.close()
         consumer.close(autocommit=False)
         producer.close(timeout=10)

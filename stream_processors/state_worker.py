@@ -42,7 +42,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Histogram
 from pydantic import BaseModel, ValidationError
 
 from consumers.dead_letters import DeadLetters, Reason, SourceRecord, describe_failure
-from consumers.kafka_io import STALL_S, LagReporter, await_metadata
+from consumers.kafka_io import STALL_S, LagReporter, PollGuard, await_metadata
 from schemas.common import utcnow
 from schemas.validation import validation_reason
 
@@ -559,13 +559,15 @@ class StateWorker(Generic[S]):
             self.registry,
             bootstrap_servers=bootstrap_servers,
         )
+        guard = PollGuard(consumer, options.stage)
         try:
             await_metadata(consumer, options.inputs)
             consumer.subscribe(list(options.inputs), listener=Listener())
             self.log.info("%s consuming as group %s", options.stage, options.group_id)
             while not stop.is_set():
                 try:
-                    batch = consumer.poll(timeout_ms=options.poll_timeout_ms)
+                    with guard.polling():
+                        batch = consumer.poll(timeout_ms=options.poll_timeout_ms)
                     lag.maybe_report()
                     if self._pending:
                         taking, self._pending = self._pending, set()
@@ -577,6 +579,8 @@ class StateWorker(Generic[S]):
                         return False
                     self._tick()
                 except KafkaError as exc:
+                    if guard.tripped:
+                        return False  # a poll that never returned: replace the client
                     # Fenced, rebalanced or the broker is away: forget what we held, read it
                     # back from the committed state when the group gives it to us again.
                     self.log.error(
@@ -588,6 +592,7 @@ class StateWorker(Generic[S]):
                     self._resume(consumer, held)
             return True
         finally:
+            guard.close()
             lag.close()
             self._drop(set(self.producers))
             consumer.close(autocommit=False)

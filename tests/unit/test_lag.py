@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
+import pytest
 from prometheus_client import CollectorRegistry
 
 from consumers.kafka_io import LagReporter
@@ -158,3 +159,51 @@ def test_a_measurement_that_never_comes_back_neither_blocks_the_loop_nor_hides_a
         assert reporter.stalled(after_s=0.2)
     finally:
         never.set()
+
+
+def test_a_poll_that_never_returns_is_freed_and_the_guard_says_so() -> None:
+    """kafka-python 3.0's poll waits on an event with no deadline; the guard fails the pending
+    waiters (what the client itself does when its I/O loop stops), and poll raises."""
+    import threading
+
+    from kafka.errors import KafkaTimeoutError
+
+    from consumers.kafka_io import PollGuard
+
+    class Net:
+        def __init__(self) -> None:
+            self.released = threading.Event()
+            self.error: Exception | None = None
+
+        def _fail_pending_waiters(self, exc: Exception) -> None:
+            self.error = exc
+            self.released.set()
+
+    class Stuck:
+        def __init__(self) -> None:
+            self._net = Net()
+
+        def poll(self) -> None:
+            self._net.released.wait(10)
+            assert self._net.error is not None
+            raise self._net.error
+
+    consumer = Stuck()
+    guard = PollGuard(consumer, "test", limit_s=0.3)
+    try:
+        started = time.monotonic()
+        with pytest.raises(KafkaTimeoutError), guard.polling():
+            consumer.poll()
+        assert guard.tripped
+        assert time.monotonic() - started < 5
+    finally:
+        guard.close()
+
+    quick = PollGuard(Stuck(), "test", limit_s=0.3)
+    try:
+        with quick.polling():
+            time.sleep(0.05)  # a poll that returns in time
+        time.sleep(0.5)
+        assert not quick.tripped
+    finally:
+        quick.close()
