@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -38,6 +39,9 @@ MAX_PAUSE_S = 30.0
 STALL_S = 60.0
 #: a poll asks for at most a second; one that has not returned in this long never will
 POLL_LIMIT_S = 45.0
+#: no round of a consumer loop for this long: stuck beyond every bounded step (restoring a
+#: partition 60 s, a transactional call 30 s, a poll 45 s)
+DEAD_AFTER_S = 240.0
 
 log = logging.getLogger("escalate.consumer")
 
@@ -289,10 +293,25 @@ class PollGuard:
     then tells the loop to replace the client.
     """
 
-    def __init__(self, consumer: Any, what: str, limit_s: float = POLL_LIMIT_S) -> None:
+    def __init__(
+        self,
+        consumer: Any,
+        what: str,
+        limit_s: float = POLL_LIMIT_S,
+        dead_after_s: float = DEAD_AFTER_S,
+        on_dead: Callable[[str], None] | None = None,
+    ) -> None:
         self._consumer = consumer
         self._what = what
         self._limit_s = limit_s
+        #: the liveness check: the loop has not come back to ``poll`` for far longer than any
+        #: of its bounded steps may take, so it is stuck where nothing in this process can
+        #: free it; ``on_dead`` then ends the process (exit 75) for the orchestrator to start
+        #: a fresh one, as a failed liveness probe would. A broker that is away does not
+        #: trip it: the loop still goes round, getting errors or nothing.
+        self._dead_after_s = dead_after_s
+        self._on_dead = on_dead or exit_stuck
+        self._round_at = time.monotonic()
         self._since: float | None = None
         self.tripped = False
         self._stop = threading.Event()
@@ -301,7 +320,7 @@ class PollGuard:
 
     @contextlib.contextmanager
     def polling(self) -> Iterator[None]:
-        self._since = time.monotonic()
+        self._since = self._round_at = time.monotonic()
         try:
             yield
         finally:
@@ -309,6 +328,9 @@ class PollGuard:
 
     def _watch(self) -> None:
         while not self._stop.wait(min(1.0, self._limit_s / 4)):
+            if time.monotonic() - self._round_at > self._dead_after_s:
+                self._on_dead(f"{self._what}'s consumer loop")
+                return
             since = self._since
             if since is None or self.tripped or time.monotonic() - since < self._limit_s:
                 continue
@@ -322,6 +344,18 @@ class PollGuard:
 
     def close(self) -> None:
         self._stop.set()
+
+
+#: exit status of a process whose loop is stuck where nothing in it can free it (EX_TEMPFAIL)
+EXIT_STUCK = 75
+
+
+def exit_stuck(what: str) -> None:
+    log.critical(
+        "%s has made no progress for too long; exiting so a fresh process takes over", what
+    )
+    logging.shutdown()
+    os._exit(EXIT_STUCK)
 
 
 def release_waiters(consumer: Any) -> bool:

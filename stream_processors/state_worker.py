@@ -449,7 +449,8 @@ class StateWorker(Generic[S]):
 
         for p, parts in by_partition(batch).items():
             if p not in self.producers:
-                continue  # revoked meanwhile; the new owner reads these again
+                self._put_back(p, parts)
+                continue
             now = self.clock()
             work: Work[S] = Work(self.states[p])
             out: list[Output] = []
@@ -458,6 +459,20 @@ class StateWorker(Generic[S]):
                 out += self._handle(p, records, work, now)
                 offsets[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
             self._commit(p, work.changed, out, offsets)
+
+    def _put_back(self, p: int, parts: Sequence[tuple[Any, Sequence[Any]]]) -> None:
+        """Records of a partition this worker does not hold. Revoked meanwhile: the new owner
+        reads them again. Still assigned (a take that failed after a broker error left it
+        unheld): seek back to them and take the partition again on the next round. Skipping
+        them moved the position past records nobody had handled, and with the position at the
+        end the consumer looked caught up, so no stall was ever noticed (the broker-kill test
+        saw a grouper sit like that with 15 records unread)."""
+        consumer = self._consumer
+        assigned = consumer.assignment() if consumer is not None else set()
+        for tp, records in parts:
+            if tp in assigned and records:
+                consumer.seek(tp, records[0].offset)
+                self._pending.add(p)
 
     def _dead_letter(self, record: SourceRecord, reason: Reason, detail: str) -> Output:
         letter = self.dead_letters.of(record, reason, detail, self.incident_of(record))

@@ -458,3 +458,37 @@ def test_the_transactional_producer_closes_even_when_its_flush_gives_up(
     producer = Probe()
     producer.close(timeout=1)
     assert producer._sender.alive is False and producer._closed is True
+
+
+def test_records_of_a_partition_assigned_but_not_held_are_put_back_and_taken_again(
+    worker: Counting,
+) -> None:
+    """After a broker error the worker drops its producers; if taking a partition back fails,
+    the consumer still has it. Its records must not be passed over: the position would move
+    past them and the consumer would look caught up with them unhandled."""
+    held, unheld, revoked = TP("in.a", 0), TP("in.a", 1), TP("in.a", 2)
+
+    class Consumer:
+        def __init__(self) -> None:
+            self.seeks: list[tuple[TP, int]] = []
+
+        def assignment(self) -> set[TP]:
+            return {held, unheld}
+
+        def seek(self, tp: TP, offset: int) -> None:
+            self.seeks.append((tp, offset))
+
+    consumer = Consumer()
+    worker._consumer = consumer
+    worker.producers[0] = FakeProducer()
+    batch = {
+        unheld: [
+            record({"key": "b", "add": 1}, offset=3),
+            record({"key": "b", "add": 1}, offset=4),
+        ],
+        revoked: [record({"key": "c", "add": 1}, offset=9)],
+    }
+    worker._process(batch)  # type: ignore[arg-type]
+    assert consumer.seeks == [(unheld, 3)]  # the revoked partition's new owner reads its own
+    assert worker._pending == {1}
+    assert worker.producers[0].sent == []  # nothing handled for a partition not held
