@@ -153,13 +153,12 @@ class LagReporter:
 
     The consumer measures itself: the end offsets of its assigned partitions less its
     positions, so the figure needs no admin access and is there for every process of a group.
-    The end offsets come from a client of the reporter's own, asked in a thread of its own:
-    kafka-python 3.0 can lose the reply to such a request and wait for it past any timeout,
-    and a loop that asked for itself once hung for minutes after a broker restart. A
-    measurement that does not come back in time makes the lag unknown, which counts towards
-    a stall, exactly like a consumer that gets nothing. (The last fetch's high watermark is no
-    substitute: after its leader died it stays where it was, and a consumer that has read up
-    to it looks caught up for ever.)
+    kafka-python 3.0 can lose the reply to the end-offsets request and wait for it past any
+    timeout: the loops measure inside their ``PollGuard``, which frees such a wait, and a
+    round without a measurement leaves the lag unknown, which counts towards a stall. (The
+    last fetch's high watermark is no substitute: after its leader died it stays where it
+    was, and a consumer that has read up to it looks caught up for ever.) ``background``
+    measures in a thread instead, with ``end_offsets`` for the client to ask.
     """
 
     def __init__(
@@ -169,9 +168,8 @@ class LagReporter:
         topics: Sequence[str],
         registry: CollectorRegistry,
         every_s: float = 5.0,
-        bootstrap_servers: str | list[str] | None = None,
         end_offsets: Callable[[list[Any]], dict[Any, int]] | None = None,
-        background: bool = True,
+        background: bool = False,
     ) -> None:
         self.consumer = consumer
         self.group = group
@@ -182,10 +180,8 @@ class LagReporter:
         started = time.monotonic()
         #: when the consumer last handled records, or was measured to be caught up
         self._progress_at = started
-        self._bootstrap = bootstrap_servers
         self._end_offsets = end_offsets
         self._background = background
-        self._side: Any = None
         self._lock = threading.Lock()
         self._latest: tuple[float, dict[Any, int]] | None = None
         self._measuring: threading.Thread | None = None
@@ -209,16 +205,9 @@ class LagReporter:
     def _ends(self, tps: list[Any]) -> dict[Any, int]:
         if self._end_offsets is not None:
             return self._end_offsets(tps)
-        if self._side is None:
-            from kafka import KafkaConsumer
-
-            self._side = KafkaConsumer(
-                bootstrap_servers=self._bootstrap,
-                client_id=f"{self.group}-lag",
-                enable_auto_commit=False,
-                isolation_level="read_committed",
-            )
-        ends: dict[Any, int] = self._side.end_offsets(tps, timeout_ms=MEASURE_TIMEOUT_MS)
+        # The consumer's own client, in the loop's thread: the loops run this inside their
+        # PollGuard, which frees the wait should the reply be lost.
+        ends: dict[Any, int] = self.consumer.end_offsets(tps, timeout_ms=MEASURE_TIMEOUT_MS)
         return ends
 
     def _measure(self, tps: list[Any]) -> None:
@@ -275,10 +264,7 @@ class LagReporter:
                 self.gauge.labels(group=self.group, topic=topic).set(total)
 
     def close(self) -> None:
-        side, self._side = self._side, None
-        if side is not None:
-            with contextlib.suppress(Exception):
-                side.close()
+        """Nothing to release today; the loops call it when they drop the client."""
 
 
 class PollGuard:
@@ -516,13 +502,7 @@ def _consume(
         pending[tp] = record.offset + 1
 
     runner = _Partition(stage, config, commit, lambda out: publish(producer, out))
-    lag = LagReporter(
-        consumer,
-        config.group_id,
-        config.topics,
-        registry,
-        bootstrap_servers=config.bootstrap_servers,
-    )
+    lag = LagReporter(consumer, config.group_id, config.topics, registry)
     guard = PollGuard(consumer, stage.name)
     try:
         await_metadata(consumer, config.topics)
@@ -538,7 +518,10 @@ def _consume(
                 if guard.tripped:
                     return False  # replace the client
                 raise
-            lag.maybe_report()
+            with guard.polling():
+                lag.maybe_report()
+            if guard.tripped:
+                return False
             if not batch:
                 if lag.stalled(config.stall_s):
                     return False

@@ -567,13 +567,7 @@ class StateWorker(Generic[S]):
             ),
         )
         self._consumer = consumer
-        lag = LagReporter(
-            consumer,
-            options.group_id,
-            options.inputs,
-            self.registry,
-            bootstrap_servers=bootstrap_servers,
-        )
+        lag = LagReporter(consumer, options.group_id, options.inputs, self.registry)
         guard = PollGuard(consumer, options.stage)
         try:
             await_metadata(consumer, options.inputs)
@@ -583,7 +577,9 @@ class StateWorker(Generic[S]):
                 try:
                     with guard.polling():
                         batch = consumer.poll(timeout_ms=options.poll_timeout_ms)
-                    lag.maybe_report()
+                        lag.maybe_report()
+                    if guard.tripped:
+                        return False
                     if self._pending:
                         taking, self._pending = self._pending, set()
                         self._take(taking)
