@@ -18,7 +18,9 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, start_http_server
 
+from escalate.liveness import Liveness
 from escalate.settings import Settings
+from schemas.topics import INCIDENTS_CLASSIFIED, REPORTS_SUBMITTED
 
 if TYPE_CHECKING:  # the CLI imports this module; the components' libraries load on use
     from fastapi import FastAPI
@@ -295,6 +297,14 @@ def run_processors(settings: Settings) -> int:
         data_dir=str(data_dir),
     )
     app = create_app(config, bootstrap, holder, REGISTRY)
+    Liveness(
+        bootstrap,
+        app.conf.id,
+        [
+            REPORTS_SUBMITTED.name(settings.topic_prefix),
+            INCIDENTS_CLASSIFIED.name(settings.topic_prefix),
+        ],
+    ).start()
     worker = faust.Worker(app, loglevel="WARNING", quiet=True)
     worker.spinner = None  # its terminal escape codes only garble the shared `escalate up` console
     worker.execute_from_commandline()
@@ -314,7 +324,9 @@ def run_escalator(settings: Settings) -> int:
         app_id=settings.app_id,
         instance_id=settings.instance_id,
     )
-    Escalator(config, holder).run(bootstrap, stop)
+    escalator = Escalator(config, holder)
+    Liveness(bootstrap, escalator.group_id, escalator.options.inputs).start()
+    escalator.run(bootstrap, stop)
     return 0
 
 
@@ -335,7 +347,9 @@ def run_grouper(settings: Settings) -> int:
             b"escalate-grouping\0" + settings.secret_key.get_secret_value().encode("utf-8")
         ).digest(),
     )
-    Grouper(config, holder).run(bootstrap, stop)
+    grouper = Grouper(config, holder)
+    Liveness(bootstrap, grouper.options.group_id, grouper.options.inputs).start()
+    grouper.run(bootstrap, stop)
     return 0
 
 

@@ -372,6 +372,7 @@ def settle(
         expected[f"inc-{item.report_id}"] = recipients - refused
     deadline = time.monotonic() + deadline_s
     while time.monotonic() < deadline:
+        run.components.supervise()  # exit 75: started again, as an orchestrator would
         got = delivered(run.relay.sink.first_notices())
         if all(want <= got.get(incident, set()) for incident, want in expected.items()):
             break

@@ -116,6 +116,16 @@ class Components:
     def log(self, name: str) -> str:
         return (self.log_dir / f"{name}.log").read_text("utf-8", "replace")
 
+    def supervise(self) -> list[str]:
+        """Start again every component that ended with exit 75 (stuck: "start a fresh one"),
+        as an orchestrator's restart policy does; the names restarted."""
+        restarted = []
+        for name, proc in list(self.procs.items()):
+            if proc.poll() == 75:
+                self.start(name)
+                restarted.append(name)
+        return restarted
+
     def stacks(self) -> str:
         """For a failure message: where each live component's threads wait (``SIGUSR1``, which
         ``escalate`` answers with a stack dump of every thread on its log)."""

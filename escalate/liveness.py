@@ -1,0 +1,132 @@
+"""A liveness check for the stages whose only dependency is Kafka: behind, yet not moving.
+
+Measured from outside the stage's own clients: every ``every_s`` a fresh admin client reads
+the consumer group's committed offsets, and a fresh consumer the topics' end offsets (both
+with timeouts, in a thread of their own, so a lost reply cannot hold the check). When the
+group is behind and its committed offsets have not moved for ``stuck_s``, the stage is wedged
+somewhere its own recovery (stall checks, poll guard, watchdog) did not reach: after a broker
+was killed, a faust worker and kafka-python clients were seen to sit like that for minutes.
+The process then ends with exit 75 for the orchestrator to start a fresh one, which reads on
+from the committed offsets: what a failed liveness probe does in Kubernetes, without needing
+one.
+
+Only for processors, grouper and escalator: the notifier and the audit writer pause on
+purpose while the SMTP relay or the database is away, and must not be ended for that. A
+round that cannot measure (the brokers away) is no evidence either way.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+
+log = logging.getLogger("escalate.liveness")
+
+#: behind without a committed offset moving for this long: wedged
+STUCK_S = 90.0
+EVERY_S = 10.0
+#: exit status for the orchestrator: try again (EX_TEMPFAIL), as the watchdogs use
+EXIT_STUCK = 75
+
+
+def measure(bootstrap: str, group: str, topics: Sequence[str]) -> tuple[int, int] | None:
+    """(committed offsets summed, lag summed) of ``group`` on ``topics``, or None."""
+    from kafka import KafkaAdminClient, KafkaConsumer
+
+    admin = consumer = None
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap, client_id=f"{group}-liveness", request_timeout_ms=10_000
+        )
+        committed = {
+            tp: meta.offset
+            for tp, meta in admin.list_consumer_group_offsets(group).items()
+            if tp.topic in topics and meta.offset >= 0
+        }
+        if not committed:
+            return None
+        consumer = KafkaConsumer(
+            bootstrap_servers=bootstrap,
+            client_id=f"{group}-liveness",
+            enable_auto_commit=False,
+            isolation_level="read_committed",
+        )
+        ends = consumer.end_offsets(list(committed), timeout_ms=10_000)
+        lag = sum(max(0, ends.get(tp, 0) - offset) for tp, offset in committed.items())
+        return sum(committed.values()), lag
+    except Exception as exc:  # no evidence either way
+        log.debug("liveness not measured: %s", type(exc).__name__)
+        return None
+    finally:
+        for client in (consumer, admin):
+            if client is not None:
+                with contextlib.suppress(Exception):
+                    client.close()
+
+
+class Liveness:
+    def __init__(
+        self,
+        bootstrap: str,
+        group: str,
+        topics: Sequence[str],
+        stuck_s: float = STUCK_S,
+        every_s: float = EVERY_S,
+        on_stuck: Callable[[str], None] | None = None,
+        measure_fn: Callable[[], tuple[int, int] | None] | None = None,
+        measure_timeout_s: float = 30.0,
+    ) -> None:
+        self.measure_timeout_s = measure_timeout_s
+        self.group = group
+        self.stuck_s = stuck_s
+        self.every_s = every_s
+        self._measure = measure_fn or (lambda: measure(bootstrap, group, topics))
+        self._on_stuck = on_stuck or _exit_stuck
+        self._committed: int | None = None
+        self._moved_at = time.monotonic()
+        self._stop = threading.Event()
+
+    def check_once(self) -> bool:
+        """One round; True when the stage is judged stuck."""
+        result: list[tuple[int, int] | None] = [None]
+
+        def work() -> None:
+            result[0] = self._measure()
+
+        helper = threading.Thread(target=work, name=f"{self.group}-liveness-check", daemon=True)
+        helper.start()
+        helper.join(timeout=self.measure_timeout_s)
+        found = result[0]
+        now = time.monotonic()
+        if found is None:
+            return False
+        committed, lag = found
+        if lag == 0 or self._committed is None or committed != self._committed:
+            self._moved_at = now
+        self._committed = committed
+        return lag > 0 and now - self._moved_at > self.stuck_s
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name=f"{self.group}-liveness", daemon=True).start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.every_s):
+            if self.check_once():
+                self._on_stuck(
+                    f"{self.group}: behind, and its committed offsets have not moved for "
+                    f"{self.stuck_s:.0f} s"
+                )
+                return
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def _exit_stuck(why: str) -> None:
+    log.critical("%s; exiting so a fresh process takes over", why)
+    logging.shutdown()
+    os._exit(EXIT_STUCK)
