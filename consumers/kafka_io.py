@@ -153,12 +153,12 @@ class LagReporter:
 
     The consumer measures itself: the end offsets of its assigned partitions less its
     positions, so the figure needs no admin access and is there for every process of a group.
-    kafka-python 3.0 can lose the reply to the end-offsets request and wait for it past any
-    timeout: the loops measure inside their ``PollGuard``, which frees such a wait, and a
-    round without a measurement leaves the lag unknown, which counts towards a stall. (The
-    last fetch's high watermark is no substitute: after its leader died it stays where it
-    was, and a consumer that has read up to it looks caught up for ever.) ``background``
-    measures in a thread instead, with ``end_offsets`` for the client to ask.
+    The end offsets are asked for in a thread of their own: kafka-python 3.0 can lose the
+    reply and wait for it past any timeout, and a loop that asked itself was seen to hang
+    there for minutes (after a broker restart, and after a kill -9 of the grouper). A
+    measurement that does not come back leaves the lag unknown, which counts towards a stall.
+    (The last fetch's high watermark is no substitute: after its leader died it stays where it
+    was, and a consumer that has read up to it looks caught up for ever.)
     """
 
     def __init__(
@@ -169,7 +169,7 @@ class LagReporter:
         registry: CollectorRegistry,
         every_s: float = 5.0,
         end_offsets: Callable[[list[Any]], dict[Any, int]] | None = None,
-        background: bool = False,
+        background: bool = True,
     ) -> None:
         self.consumer = consumer
         self.group = group
@@ -205,8 +205,9 @@ class LagReporter:
     def _ends(self, tps: list[Any]) -> dict[Any, int]:
         if self._end_offsets is not None:
             return self._end_offsets(tps)
-        # The consumer's own client, in the loop's thread: the loops run this inside their
-        # PollGuard, which frees the wait should the reply be lost.
+        # The consumer's own client, asked from the measuring thread (kafka-python 3.0 routes
+        # every call through its I/O thread, and a caller in any thread may wait on it): a
+        # lost reply then holds that thread only, never the loop.
         ends: dict[Any, int] = self.consumer.end_offsets(tps, timeout_ms=MEASURE_TIMEOUT_MS)
         return ends
 
