@@ -151,14 +151,10 @@ class LagReporter:
     """Sets ``escalate_consumer_lag_messages`` for one consumer, every few seconds, and says
     when the consumer has stalled.
 
-    The consumer measures itself: the end offsets of its assigned partitions less its
-    positions, so the figure needs no admin access and is there for every process of a group.
-    The end offsets are asked for in a thread of their own: kafka-python 3.0 can lose the
-    reply and wait for it past any timeout, and a loop that asked itself was seen to hang
-    there for minutes (after a broker restart, and after a kill -9 of the grouper). A
-    measurement that does not come back leaves the lag unknown, which counts towards a stall.
-    (The last fetch's high watermark is no substitute: after its leader died it stays where it
-    was, and a consumer that has read up to it looks caught up for ever.)
+    The consumer measures itself: the high watermarks its fetches brought back less its
+    positions, so the figure needs no admin access and no request (see ``_ends`` for why).
+    A partition not fetched yet is unknown; a round that knows nothing keeps the last figure.
+    ``end_offsets``/``background`` measure otherwise (tests, and a client of one's own).
     """
 
     def __init__(
@@ -169,7 +165,7 @@ class LagReporter:
         registry: CollectorRegistry,
         every_s: float = 5.0,
         end_offsets: Callable[[list[Any]], dict[Any, int]] | None = None,
-        background: bool = True,
+        background: bool = False,
     ) -> None:
         self.consumer = consumer
         self.group = group
@@ -205,10 +201,17 @@ class LagReporter:
     def _ends(self, tps: list[Any]) -> dict[Any, int]:
         if self._end_offsets is not None:
             return self._end_offsets(tps)
-        # The consumer's own client, asked from the measuring thread (kafka-python 3.0 routes
-        # every call through its I/O thread, and a caller in any thread may wait on it): a
-        # lost reply then holds that thread only, never the loop.
-        ends: dict[Any, int] = self.consumer.end_offsets(tps, timeout_ms=MEASURE_TIMEOUT_MS)
+        # The high watermark the consumer's last fetch brought back: no request, so nothing
+        # to wait for. Asking the consumer's client for end offsets, in the loop or from a
+        # thread beside it, held its loop for minutes after a broker restart (kafka-python
+        # 3.0 can lose the reply). The price: after a partition's leader dies, its high
+        # watermark stays where it was until fetches work again, so a consumer stuck there can
+        # look caught up; the poll guard and the liveness check cover that case.
+        ends: dict[Any, int] = {}
+        for tp in tps:
+            high = self.consumer.highwater(tp)
+            if high is not None:
+                ends[tp] = high
         return ends
 
     def _measure(self, tps: list[Any]) -> None:
