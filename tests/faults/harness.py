@@ -51,7 +51,7 @@ from stream_processors.classify_stage import open_incident
 from stream_processors.config_holder import ConfigHolder
 from stream_processors.routing.core import plan_notifications
 from tests.conftest import free_port
-from tests.services.pipeline import Components
+from tests.services.pipeline import Components, create_topics
 
 API_KEY = "faults-key"
 RESULTS = Path(__file__).resolve().parents[2] / "var" / "faults" / "results.jsonl"
@@ -302,14 +302,7 @@ def pipeline(
         **(extra_env or {}),
     }
     (tmp_path / "var").mkdir(exist_ok=True)
-    created = subprocess.run(
-        [sys.executable, "-m", "escalate.cli", "topics", "create"],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert created.returncode == 0, created.stderr
+    create_topics(env)
     components = Components(env, tmp_path, verbose=True)
     names = ("intake", "processors", "grouper", "escalator", "notifier", "audit")
     running = Pipeline(f"http://127.0.0.1:{http_port}", env, components, relay, database_url, names)

@@ -20,9 +20,6 @@ last warnings and every thread's stack (SIGUSR1), so that a failure can be expla
 from __future__ import annotations
 
 import collections
-import os
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -41,7 +38,14 @@ from schemas.reports import ReportSubmitted
 from schemas.topics import ALL_TOPICS, REPORTS_SUBMITTED
 from tests.conftest import free_port
 from tests.services.kafka import LocalCluster, kafka_cluster_fixture  # noqa: F401
-from tests.services.pipeline import Components, Mail, Sink, start_sink, wait_for
+from tests.services.pipeline import (
+    Components,
+    Mail,
+    Sink,
+    create_topics,
+    start_sink,
+    wait_for,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -258,15 +262,7 @@ def test_a_broker_killed_during_a_burst_loses_no_accepted_report(
     names = ("intake", "processors", "grouper", "escalator", "notifier")
     try:
         # The topics, through the project's own path and settings.
-        created = subprocess.run(
-            [sys.executable, "-m", "escalate.cli", "topics", "create"],
-            env={**os.environ, **env},
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
-        assert created.returncode == 0, created.stderr
-        assert set(created.stdout.split()) == set(topics)
+        assert set(create_topics(env).split()) == set(topics)
         layout = wait_for(
             lambda: in_sync(bootstrap, topics, everyone), timeout_s=60, what="topics in sync"
         )

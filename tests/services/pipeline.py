@@ -73,6 +73,19 @@ def start_sink(port: int) -> tuple[Sink, Controller]:
     return sink, controller
 
 
+def create_topics(env: dict[str, str]) -> str:
+    """``escalate topics create`` with ``env``, the way an operator creates them; its output."""
+    created = subprocess.run(
+        [sys.executable, "-m", "escalate.cli", "topics", "create"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert created.returncode == 0, created.stderr
+    return created.stdout
+
+
 class Components:
     """``escalate run NAME`` subprocesses sharing one environment; logs under ``log_dir``."""
 
