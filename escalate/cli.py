@@ -44,10 +44,47 @@ def cmd_up(args: argparse.Namespace) -> int:
     return up(_settings())
 
 
+# One-shot jobs a container image runs with the same entry point as the components
+# (`escalate run migrate` before the workers start, `escalate run topics` once per cluster).
+JOBS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "migrate": lambda args: cmd_db_migrate(args),
+    "topics": lambda args: cmd_topics_create(args),
+}
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from escalate.components import RUNNERS
 
+    if args.component in JOBS:
+        return JOBS[args.component](args)
     return RUNNERS[args.component](_settings())
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 when a component answers on this host: the intake's /healthz, or a worker's
+    metrics endpoint. A container's HEALTHCHECK; Kubernetes probes the ports directly."""
+    import urllib.error
+    import urllib.request
+
+    from escalate.components import COMPONENTS, METRICS_OFFSET
+
+    settings = _settings()
+    wanted = [args.component] if args.component else list(COMPONENTS)
+    host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::", "") else settings.http_host
+    for component in wanted:
+        if component == "intake":
+            url = f"http://{host}:{settings.http_port}/healthz"
+        else:
+            url = f"http://{host}:{settings.metrics_port + METRICS_OFFSET[component]}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=args.timeout) as answer:
+                if answer.status == 200:
+                    print(f"{component}: healthy ({url})")
+                    return 0
+        except (urllib.error.URLError, OSError):
+            continue
+    print(f"no component answered: {', '.join(wanted)}", file=sys.stderr)
+    return 1
 
 
 def cmd_classify(args: argparse.Namespace) -> int:
@@ -239,7 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("up", cmd_up, "run the whole pipeline (starts a local broker when none is configured)")
     run = add("run", cmd_run, "run one component in the foreground")
-    run.add_argument("component", choices=list(COMPONENTS))
+    run.add_argument("component", choices=[*COMPONENTS, *JOBS])
+    health = add("health", cmd_health, "exit 0 when a component on this host answers its probe")
+    health.add_argument("component", nargs="?", choices=list(COMPONENTS))
+    health.add_argument("--timeout", type=float, default=3.0, help="seconds per probe")
 
     classify = add(
         "classify",
