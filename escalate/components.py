@@ -18,11 +18,12 @@ from typing import TYPE_CHECKING
 
 from prometheus_client import REGISTRY, start_http_server
 
-from escalate.liveness import Liveness
+from escalate.liveness import EXIT_STUCK, Liveness
 from escalate.settings import Settings
 from schemas.topics import INCIDENTS_CLASSIFIED, REPORTS_SUBMITTED
 
 if TYPE_CHECKING:  # the CLI imports this module; the components' libraries load on use
+    import mode
     from fastapi import FastAPI
 
     from consumers.audit.worker import AuditConfig
@@ -307,8 +308,32 @@ def run_processors(settings: Settings) -> int:
     ).start()
     worker = faust.Worker(app, loglevel="WARNING", quiet=True)
     worker.spinner = None  # its terminal escape codes only garble the shared `escalate up` console
-    worker.execute_from_commandline()
-    return 0
+    return run_worker(worker)
+
+
+def run_worker(worker: mode.Worker) -> int:
+    """Run a faust (mode) worker to its end; 75 when it crashed, for the orchestrator to start
+    a fresh one.
+
+    A crashed faust worker stops consuming for good and mode ends it with status 1, which reads
+    as a bug to fix, not a process to restart. Seen here: the survivor of two processors, taking
+    the dead one's partitions, sent into a transaction its rebalance had not reopened
+    (aiokafka ``IllegalOperation``) and crashed. Starting again is safe with exactly-once: the
+    new producers fence the old transactional ids, the open transactions are aborted, and the
+    records are read again from the committed offsets.
+    """
+    try:
+        worker.execute_from_commandline()
+    except SystemExit:
+        if worker.crash_reason is not None:
+            log.error(
+                "the worker crashed (%s); ending with %d for a fresh start",
+                type(worker.crash_reason).__name__,
+                EXIT_STUCK,
+            )
+            return EXIT_STUCK
+        raise
+    return 0  # pragma: no cover - execute_from_commandline always ends with SystemExit
 
 
 def run_escalator(settings: Settings) -> int:
