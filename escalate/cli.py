@@ -171,6 +171,35 @@ def cmd_topics_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_topics_manifest(args: argparse.Namespace) -> int:
+    from escalate.topics_admin import TopicLayout, layout_of, topic_manifests_yaml
+
+    settings = _settings()
+    default = layout_of(settings)
+    layout = TopicLayout(
+        partitions=args.partitions if args.partitions is not None else default.partitions,
+        replication=args.replicas if args.replicas is not None else default.replication,
+        min_insync_replicas=(
+            args.min_insync if args.min_insync is not None else default.min_insync_replicas
+        ),
+    )
+    prefix = args.prefix if args.prefix is not None else settings.topic_prefix
+    try:
+        text = topic_manifests_yaml(layout, prefix, args.cluster)
+    except ValueError as exc:
+        print(exc, file=sys.stderr)
+        return 2
+    sys.stdout.write(text)
+    return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive count")
+    return value
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
@@ -332,6 +361,16 @@ def build_parser() -> argparse.ArgumentParser:
     topics = sub.add_parser("topics", help="Kafka topics")
     tsub = topics.add_subparsers(dest="topics_command", required=True)
     tsub.add_parser("create", help="create missing topics").set_defaults(func=cmd_topics_create)
+    manifest = tsub.add_parser(
+        "manifest",
+        help="print the topics as Strimzi KafkaTopic YAML (defaults: ESCALATE_TOPIC_* settings)",
+    )
+    manifest.add_argument("--partitions", type=_positive, metavar="N", help="partitions per topic")
+    manifest.add_argument("--replicas", type=_positive, metavar="N", help="replicas per partition")
+    manifest.add_argument("--min-insync", type=_positive, metavar="N", help="min.insync.replicas")
+    manifest.add_argument("--cluster", default="escalate", help="the Kafka resource's name")
+    manifest.add_argument("--prefix", help="topic name prefix (default ESCALATE_TOPIC_PREFIX)")
+    manifest.set_defaults(func=cmd_topics_manifest)
 
     import_help = "import reports from a CSV or JSON-lines file through the intake API"
     imp = sub.add_parser("import", aliases=["send"], help=import_help, description=import_help)

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import re
+import shlex
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import yaml
 from kafka.admin import KafkaAdminClient, NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
@@ -105,6 +108,71 @@ def _warn_on_other_counts(admin: Any, prefix: str, layout: TopicLayout, existing
                 count,
                 layout.partitions_of(spec),
             )
+
+
+STRIMZI_API_VERSION = "kafka.strimzi.io/v1beta2"
+
+
+def topic_manifests(
+    layout: TopicLayout, prefix: str = "", cluster: str = "escalate"
+) -> list[dict[str, Any]]:
+    """The topics as Strimzi ``KafkaTopic`` resources, laid out as ``ensure_topics`` would
+    create them, for a cluster whose topic operator owns them instead of ``topics create``.
+    """
+    if layout.min_insync_replicas is not None and layout.min_insync_replicas > layout.replication:
+        # Every write with acks=all would be refused: a layout that cannot work at all.
+        raise ValueError(
+            f"min.insync.replicas {layout.min_insync_replicas} exceeds the "
+            f"{layout.replication} replica(s)"
+        )
+    manifests: list[dict[str, Any]] = []
+    seen: dict[str, str] = {}
+    for spec in ALL_TOPICS:
+        topic = spec.name(prefix)
+        # A resource name allows fewer characters than a topic name (no '_', no capitals);
+        # spec.topicName carries the real one.
+        resource = re.sub(r"[^a-z0-9.-]+", "-", topic.lower()).strip(".-")
+        if resource in seen:
+            raise ValueError(f"topics {seen[resource]!r} and {topic!r} map to one resource name")
+        seen[resource] = topic
+        config: dict[str, Any] = {}
+        if spec.compacted:
+            config["cleanup.policy"] = "compact"
+        if layout.min_insync_replicas is not None:
+            config["min.insync.replicas"] = layout.min_insync_replicas
+        manifests.append(
+            {
+                "apiVersion": STRIMZI_API_VERSION,
+                "kind": "KafkaTopic",
+                "metadata": {"name": resource, "labels": {"strimzi.io/cluster": cluster}},
+                "spec": {
+                    "topicName": topic,
+                    "partitions": layout.partitions_of(spec),
+                    "replicas": layout.replication,
+                    "config": config,
+                },
+            }
+        )
+    return manifests
+
+
+def topic_manifests_yaml(layout: TopicLayout, prefix: str = "", cluster: str = "escalate") -> str:
+    """``topic_manifests`` as a YAML stream, headed by the command that writes it again."""
+    command = ["escalate topics manifest"]
+    if layout.partitions is not None:
+        command.append(f"--partitions {layout.partitions}")
+    command.append(f"--replicas {layout.replication}")
+    if layout.min_insync_replicas is not None:
+        command.append(f"--min-insync {layout.min_insync_replicas}")
+    command.append(f"--cluster {shlex.quote(cluster)}")
+    if prefix:
+        command.append(f"--prefix {shlex.quote(prefix)}")
+    header = (
+        "# Generated from schemas/topics.py: do not edit, run again instead:\n"
+        f"#   {' '.join(command)}\n"
+    )
+    manifests = topic_manifests(layout, prefix, cluster)
+    return header + yaml.safe_dump_all(manifests, sort_keys=False, explicit_start=True)
 
 
 def layout_of(settings: Settings) -> TopicLayout:
