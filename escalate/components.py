@@ -386,6 +386,9 @@ def smtp_config(settings: Settings) -> SmtpConfig:
         port=settings.smtp_port,
         sender=settings.smtp_sender,
         timeout_s=settings.smtp_timeout_s,
+        username=settings.smtp_username or None,
+        password=settings.smtp_password.get_secret_value(),
+        security=settings.smtp_security,
     )
 
 

@@ -7,6 +7,7 @@ package reads the environment on its own, so tests can run several pipelines sid
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -86,6 +87,15 @@ class Settings(BaseSettings):
     smtp_port: int = 25
     smtp_sender: str = "escalate@localhost"
     smtp_timeout_s: float = 15.0
+    smtp_username: str = Field(
+        default="", description="Log in to the relay (AUTH) as this user; empty: no login."
+    )
+    smtp_password: SecretStr = SecretStr("")
+    smtp_security: Literal["opportunistic", "starttls", "tls"] = Field(
+        default="opportunistic",
+        description="opportunistic: STARTTLS when the relay offers it; starttls: required; "
+        "tls: TLS from the first byte (port 465).",
+    )
     http_host: str = "127.0.0.1"
     http_port: int = 8000
     intake_api_keys: str = ""
@@ -202,7 +212,7 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _bots_complete(self) -> Settings:
         """A bot's settings come all together: a webhook without its secret would take
-        messages from anyone in the platform's name."""
+        messages from anyone in the platform's name. So do the relay's login and password."""
         groups = {
             "ESCALATE_TELEGRAM_BOT_TOKEN, ESCALATE_TELEGRAM_SECRET_TOKEN": (
                 self.telegram_bot_token.get_secret_value(),
@@ -213,6 +223,10 @@ class Settings(BaseSettings):
                 self.messenger_app_secret.get_secret_value(),
                 self.messenger_page_token.get_secret_value(),
                 self.messenger_verify_token.get_secret_value(),
+            ),
+            "ESCALATE_SMTP_USERNAME, ESCALATE_SMTP_PASSWORD": (
+                self.smtp_username,
+                self.smtp_password.get_secret_value(),
             ),
             "ESCALATE_ZALO_APP_ID, ESCALATE_ZALO_OA_SECRET, ESCALATE_ZALO_ACCESS_TOKEN": (
                 self.zalo_app_id,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.message import EmailMessage
 from email.utils import format_datetime
 
@@ -35,14 +35,42 @@ Mail = RenderedEmail | EmailMessage
 MAX_ERROR_CHARS = 300
 
 
+#: how the connection to the relay is protected: STARTTLS when the relay offers it (a relay on
+#: the same host or network often does not), STARTTLS or nothing, or TLS from the first byte
+#: (port 465, "SMTPS")
+SECURITY_MODES = ("opportunistic", "starttls", "tls")
+
+
 @dataclass(frozen=True)
 class SmtpConfig:
-    """Where mail goes and who it comes from."""
+    """Where mail goes, who it comes from, and how the notifier logs in to the relay."""
 
     host: str | None
     port: int = 25
     sender: str = "escalate@localhost"
     timeout_s: float = 15.0
+    #: with a username, the notifier logs in (AUTH) after the greeting and any STARTTLS
+    username: str | None = None
+    password: str = field(default="", repr=False)
+    security: str = "opportunistic"
+
+    def __post_init__(self) -> None:
+        if self.security not in SECURITY_MODES:
+            raise ValueError(f"SMTP security {self.security!r}: one of {', '.join(SECURITY_MODES)}")
+
+    def client(self) -> aiosmtplib.SMTP:
+        """A new (unconnected) client for this relay; ``connect`` greets, secures, logs in."""
+        assert self.host is not None
+        return aiosmtplib.SMTP(
+            hostname=self.host,
+            port=self.port,
+            timeout=self.timeout_s,
+            username=self.username or None,
+            password=self.password if self.username else None,
+            use_tls=self.security == "tls",
+            # None: STARTTLS when offered; True: refuse to go on without it
+            start_tls={"opportunistic": None, "starttls": True, "tls": False}[self.security],
+        )
 
 
 class SendError(Exception):
@@ -77,6 +105,10 @@ def _from_code(code: int, text: str, what: str, about_relay: bool = False) -> Se
     # inside the window were recorded as failed and never mailed. A 451 at RCPT is about that
     # recipient (greylisting) and stays the message's own.
     relay_wide = code == 421 or (about_relay and code == 451)
+    # 530 (authentication required): the relay wants a login we did not give. That is its
+    # configuration and ours, not this message: wait for an operator, give nothing up.
+    if code == 530:
+        transient = relay_wide = True
     return SendError(
         f"{what}: {code} {text}".strip(), transient=transient, code=code, unreachable=relay_wide
     )
@@ -96,6 +128,15 @@ def classify(exc: BaseException) -> SendError:
             f"recipient refused: {detail}",
             transient=transient,
             code=max(codes) if codes else None,
+        )
+    if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+        # Wrong or expired credentials are the relay refusing us, not this message: pause the
+        # lane and keep every message (an operator fixes the password), never give them up.
+        return SendError(
+            f"the relay refused our login (ESCALATE_SMTP_USERNAME/PASSWORD): {exc.code}",
+            transient=True,
+            code=exc.code,
+            unreachable=True,
         )
     if isinstance(exc, aiosmtplib.SMTPConnectError | aiosmtplib.SMTPConnectTimeoutError):
         return SendError(f"relay unreachable: {exc}", transient=True, unreachable=True)
@@ -156,23 +197,19 @@ async def _transmit(client: aiosmtplib.SMTP, msg: Mail) -> None:
 async def send(msg: Mail, smtp: SmtpConfig) -> None:
     """Send ``msg`` to ``smtp.host:smtp.port``; raise SendError on any failure.
 
-    STARTTLS is used when the relay offers it (aiosmtplib's default), plain SMTP otherwise.
+    The connection is secured and logged in to as ``smtp.security`` and ``smtp.username`` say.
     """
     if not smtp.host:
         raise SendError("no SMTP host configured (ESCALATE_SMTP_HOST)", transient=False)
     _stamp(msg)
     try:
         if isinstance(msg, RenderedEmail):
-            client = aiosmtplib.SMTP(hostname=smtp.host, port=smtp.port, timeout=smtp.timeout_s)
+            client = smtp.client()
             async with client:
                 await _transmit(client, msg)
         else:
-            await aiosmtplib.send(
-                msg,
-                hostname=smtp.host,
-                port=smtp.port,
-                timeout=smtp.timeout_s,
-            )
+            async with smtp.client() as client:
+                await client.send_message(msg)
     except Exception as exc:
         raise classify(exc) from exc
 
@@ -202,18 +239,18 @@ class SmtpPool:
         self.size = max(1, size)
         self.idle_s = idle_s
         self.connections_opened = 0
-        self._relays: dict[tuple[str, int, float], _Relay] = {}
+        self._relays: dict[SmtpConfig, _Relay] = {}
 
     async def send(self, msg: Mail, smtp: SmtpConfig) -> None:
         """Like ``send``, on a pooled connection; raise SendError on any failure."""
         if not smtp.host:
             raise SendError("no SMTP host configured (ESCALATE_SMTP_HOST)", transient=False)
         _stamp(msg)
-        relay = self._relays.setdefault((smtp.host, smtp.port, smtp.timeout_s), _Relay(self.size))
+        relay = self._relays.setdefault(smtp, _Relay(self.size))
         async with relay.slots:
             client = None
             try:
-                client = await self._client(relay, smtp.host, smtp.port, smtp.timeout_s)
+                client = await self._client(relay, smtp)
                 await _transmit(client, msg)
             except BaseException as exc:
                 # Whatever went wrong (a refusal mid-transaction, a reset, a cancellation), the
@@ -225,16 +262,14 @@ class SmtpPool:
                 raise
             relay.idle.append((client, time.monotonic()))
 
-    async def _client(
-        self, relay: _Relay, host: str, port: int, timeout_s: float
-    ) -> aiosmtplib.SMTP:
+    async def _client(self, relay: _Relay, smtp: SmtpConfig) -> aiosmtplib.SMTP:
         now = time.monotonic()
         while relay.idle:
             client, since = relay.idle.pop()
             if client.is_connected and now - since < self.idle_s:
                 return client
             client.close()
-        client = aiosmtplib.SMTP(hostname=host, port=port, timeout=timeout_s)
+        client = smtp.client()
         self.connections_opened += 1
         await client.connect()
         return client
