@@ -210,6 +210,18 @@ class Settings(BaseSettings):
     zalo_api_base: str = "https://openapi.zalo.me"
 
     @model_validator(mode="after")
+    def _no_placeholders(self) -> Settings:
+        """The deploy examples (deploy/compose/.env.example) fill secrets with ``change-me…``:
+        a copy started without editing would sign links with a key anyone can read."""
+        for name, value in self.__dict__.items():
+            text = value.get_secret_value() if isinstance(value, SecretStr) else value
+            if isinstance(text, str) and text.lower().startswith("change-me"):
+                raise ValueError(
+                    f"ESCALATE_{name.upper()} is still the example's placeholder: set a real value"
+                )
+        return self
+
+    @model_validator(mode="after")
     def _bots_complete(self) -> Settings:
         """A bot's settings come all together: a webhook without its secret would take
         messages from anyone in the platform's name. So do the relay's login and password."""
