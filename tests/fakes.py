@@ -140,6 +140,9 @@ class FakeReportView:
     def note_submitted(self, submitted: object) -> None:
         self.index.note_submitted(submitted)
 
+    def find_claim(self, key_id: str, now: datetime) -> object:
+        return self.index.claims.find(key_id, now)
+
 
 class FakeReportPublisher:
     """Keeps what would have been published; ``fail`` makes it refuse like a broker that is away."""

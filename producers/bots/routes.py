@@ -77,14 +77,19 @@ def add_bot_routes(
             metrics.replies_failed.labels(name).inc()
             log.warning("%s reply not sent: %s", name, exc)
 
-    async def store_report(message: Incoming, turn: Turn) -> ReportSubmitted | None:
-        """The report of this turn, stored (or found stored by an earlier delivery)."""
+    async def store_report(message: Incoming, turn: Turn) -> tuple[str, str]:
+        """(report id, tracking code) of this turn's report, stored now or found stored by an
+        earlier delivery of the same message.
+
+        The earlier delivery's ids matter: when its report was stored but the chat's state was
+        not (503, and the platform delivers again), the reporter must still be told the code,
+        and later messages must follow up that report rather than start another."""
         assert turn.report is not None
         claim = claim_for(name, f"{message.chat}:{message.update_id}", turn.report)
         if isinstance(status_view, ClaimLookup):
             found = status_view.find_claim(claim.key_id, datetime.now(UTC))
             if decide(claim, found) is Outcome.replayed and found is not None:
-                return None  # this message's report is already stored
+                return found.report_id, found.tracking_code
         follow_up_of = None
         state = turn.state
         if turn.follow_up and state.tracking_code:
@@ -98,7 +103,7 @@ def add_bot_routes(
             turn.report, name, follow_up_of=follow_up_of, claim=claim
         )
         noted(submitted)
-        return submitted
+        return submitted.report_id, submitted.tracking_code
 
     async def handle(message: Incoming) -> None:
         state = store.get(f"{message.platform}:{message.chat}")
@@ -110,13 +115,10 @@ def add_bot_routes(
             await reply(message.chat, replies.pop(0))
         new_state = turn.state
         if turn.report is not None:
-            submitted = await store_report(message, turn)
-            if submitted is not None and new_state.report_id is None:
+            report_id, tracking_code = await store_report(message, turn)
+            if new_state.report_id is None:
                 new_state = new_state.model_copy(
-                    update={
-                        "report_id": submitted.report_id,
-                        "tracking_code": submitted.tracking_code,
-                    }
+                    update={"report_id": report_id, "tracking_code": tracking_code}
                 )
         await store.put(new_state)
         code = new_state.tracking_code or ""
