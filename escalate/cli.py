@@ -15,6 +15,8 @@ from escalate.components import COMPONENTS
 from escalate.settings import Settings
 from schemas.common import Tier
 
+log = logging.getLogger("escalate")
+
 
 def _settings() -> Settings:
     from pydantic import ValidationError
@@ -52,12 +54,26 @@ JOBS: dict[str, Callable[[argparse.Namespace], int]] = {
 }
 
 
+def _component_marker(settings: Settings) -> Path:
+    return settings.var_dir / "component"
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from escalate.components import RUNNERS
 
     if args.component in JOBS:
         return JOBS[args.component](args)
-    return RUNNERS[args.component](_settings())
+    settings = _settings()
+    # For `escalate health` without an argument (the image's HEALTHCHECK): which component to
+    # probe. Containers sharing the host's network see each other's ports, so "any component
+    # answers" would call a container healthy whose own component never started.
+    marker = _component_marker(settings)
+    try:
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(args.component + "\n", "utf-8")
+    except OSError as exc:
+        log.warning("could not note the component for `escalate health`: %s", exc)
+    return RUNNERS[args.component](settings)
 
 
 def cmd_health(args: argparse.Namespace) -> int:
@@ -69,7 +85,14 @@ def cmd_health(args: argparse.Namespace) -> int:
     from escalate.components import COMPONENTS, METRICS_OFFSET
 
     settings = _settings()
-    wanted = [args.component] if args.component else list(COMPONENTS)
+    marker = _component_marker(settings)
+    ran = marker.read_text("utf-8").strip() if marker.is_file() else ""
+    if args.component:
+        wanted = [args.component]
+    elif ran in COMPONENTS:
+        wanted = [ran]  # the component `escalate run` started in this container
+    else:
+        wanted = list(COMPONENTS)
     host = "127.0.0.1" if settings.http_host in ("0.0.0.0", "::", "") else settings.http_host
     for component in wanted:
         if component == "intake":
@@ -87,10 +110,26 @@ def cmd_health(args: argparse.Namespace) -> int:
     return 1
 
 
+def _training_installed() -> bool:
+    """scikit-learn trains the model and compares it; the pipeline itself needs numpy alone, so
+    the image leaves it out (the ``train`` extra)."""
+    import importlib.util
+
+    if importlib.util.find_spec("sklearn") is not None:
+        return True
+    print(
+        "training and comparing need scikit-learn: pip install 'incident-escalation[train]'",
+        file=sys.stderr,
+    )
+    return False
+
+
 def cmd_classify(args: argparse.Namespace) -> int:
     from stream_processors.classification.batch import classify_stream, evaluate_file
 
     policy = _load_policy(_settings())
+    if (args.file == "train" or (args.evaluate and args.model)) and not _training_installed():
+        return 2
     if args.file == "train":
         from stream_processors.classification.training import DEFAULT_MODEL, train_command
 
