@@ -50,19 +50,18 @@ from consumers.kafka_io import (
     validation_reason,
 )
 from consumers.metrics_registry import PerRegistry
-from consumers.notifier.chat_alerts import TelegramAlerts, render_alert, telegram_message_id
+from consumers.notifier.chat_alerts import TelegramAlerts
 from consumers.notifier.delivery import (
-    Channel,
     channel_outcome,
     delivery_outcome,
     fallback_audit,
 )
+from consumers.notifier.kinds import DeliveryKind, TelegramChats, Webhooks
 from consumers.notifier.render import render_email, render_fallback_email
 from consumers.notifier.retry import RetryPolicy, Stopped, deliver_with_retries_async
 from consumers.notifier.sender import Mail, SendError, SmtpConfig, SmtpPool
-from consumers.notifier.webhooks import WebhookSender, render_webhook, webhook_id
+from consumers.notifier.webhooks import WebhookSender
 from schemas.common import Severity, Tier, utcnow
-from schemas.directory import WebhookTarget
 from schemas.links import LinkClaims, LinkPurpose, LinkSigner, action_url
 from schemas.notifications import DeliveryStatus, NotificationKind, NotificationRequest
 from schemas.topics import (
@@ -262,8 +261,11 @@ class Notifier:
         self._desk_lock = asyncio.Lock()
         self._inflight: list[asyncio.Task[_Done | None]] = []
         self._signer = LinkSigner(config.links.secret_key) if config.links else None
-        self._hooks = WebhookSender(config.webhook_secrets)
-        self._alerts = TelegramAlerts(config.telegram_token, config.telegram_api_base)
+        # Beside the mail, in this order: the organisations' systems, then the duty chats.
+        self._kinds: tuple[DeliveryKind, ...] = (
+            Webhooks(WebhookSender(config.webhook_secrets)),
+            TelegramChats(TelegramAlerts(config.telegram_token, config.telegram_api_base)),
+        )
         self._delivered: OrderedDict[str, None] = OrderedDict()
         self._desk_told: OrderedDict[str, None] = OrderedDict()  # incidents the desk heard of
 
@@ -408,32 +410,24 @@ class Notifier:
     ) -> list[Outgoing]:
         """The organisation's systems (webhooks) and duty chats (Telegram), each told once,
         with the mail's retry policy and its result, audit and dead-letter path."""
-        deliveries: list[tuple[Channel, str, str, str, Callable[[], Awaitable[None]]]] = []
-        if req.recipient.webhooks:
-            body = render_webhook(req, utcnow())
-            for hook in req.recipient.webhooks:
-                msg_id = webhook_id(req, hook)
-
-                async def post(hook: WebhookTarget = hook, msg_id: str = msg_id) -> None:
-                    await self._hooks.send(hook, msg_id, body)
-
-                # The host only in logs and dead letters: a URL may carry a token.
-                deliveries.append(("webhook", str(hook.url), hook.url.host or "?", msg_id, post))
-        if req.recipient.telegram_chat_ids:
-            text = render_alert(req, self._link(req))
-            for chat in req.recipient.telegram_chat_ids:
-
-                async def alert(chat: int = chat) -> None:
-                    await self._alerts.send(chat, text)
-
-                msg_id = telegram_message_id(req, chat)
-                deliveries.append(("telegram", str(chat), f"chat {chat}", msg_id, alert))
+        deliveries = [
+            d for kind in self._kinds for d in kind.deliveries(req, lambda: self._link(req))
+        ]
         out: list[Outgoing] = []
         key = req.incident_id.encode("utf-8")
-        for channel, target, shown, msg_id, attempt in deliveries:
-            attempts = await deliver_with_retries_async(attempt, self.config.retry, wait=wait)
+        for delivery in deliveries:
+            channel, shown = delivery.channel, delivery.shown
+            attempts = await deliver_with_retries_async(
+                delivery.attempt, self.config.retry, wait=wait
+            )
             outcome = channel_outcome(
-                req, channel, target, msg_id, attempts.count, attempts.error, utcnow()
+                req,
+                channel,
+                delivery.target,
+                delivery.message_id,
+                attempts.count,
+                attempts.error,
+                utcnow(),
             )
             out += [
                 Outgoing(self.results_topic, key, to_json(outcome.result)),
