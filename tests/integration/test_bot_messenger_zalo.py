@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 from fastapi.testclient import TestClient
+from prometheus_client import CollectorRegistry
 
 from producers.bots.conversation import TEXT
 from producers.bots.platform import MessengerPlatform, TelegramPlatform, ZaloPlatform
@@ -49,6 +50,13 @@ class Bots:
     apis: FakeChatApis
     bootstrap: str
     prefix: str
+    registry: CollectorRegistry
+
+    def refused(self, platform: str) -> float:
+        found = self.registry.get_sample_value(
+            "escalate_bot_updates_total", {"platform": platform, "outcome": "unauthorized"}
+        )
+        return found or 0.0
 
     def messenger(self, timestamp: int, text: str, signature: str | None = None) -> httpx.Response:
         body = json.dumps(messenger_callback(timestamp, PSID, text)).encode()
@@ -94,7 +102,7 @@ def bots(kafka_bootstrap: str, isolation: str) -> Iterator[Bots]:
             intake_app(kafka_bootstrap, prefix, bots=platforms) as made,
             TestClient(made.app) as client,
         ):
-            yield Bots(client, apis, kafka_bootstrap, prefix)
+            yield Bots(client, apis, kafka_bootstrap, prefix, made.registry)
 
 
 def test_a_messenger_conversation_files_a_report(bots: Bots) -> None:
@@ -124,8 +132,12 @@ def test_unsigned_or_wrongly_signed_calls_are_refused(bots: Bots) -> None:
     assert bots.messenger(1, "/start", signature="sha256=" + "0" * 64).status_code == 401
     assert bots.zalo(1, "/start", signature="mac=" + "0" * 64).status_code == 401
     assert bots.client.post("/v1/bots/messenger", json={"object": "page"}).status_code == 401
+    unsigned = json.dumps(zalo_event(2, ZALO_USER, "/start")).encode()
+    assert bots.client.post("/v1/bots/zalo", content=unsigned).status_code == 401
     assert bots.reports() == []
     assert bots.apis.sent == []
+    # Each refusal is counted, per platform, for the operators' dashboard.
+    assert (bots.refused("messenger"), bots.refused("zalo")) == (2.0, 2.0)
 
 
 def test_messenger_subscription_challenge(bots: Bots) -> None:

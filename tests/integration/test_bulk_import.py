@@ -142,3 +142,48 @@ def test_a_csv_with_an_unknown_column_is_refused_before_anything_is_sent(
     assert nowhere.returncode == 2
     assert "cannot reach the intake at http://127.0.0.1:9" in nowhere.stderr
     assert stored(kafka_bootstrap, isolation) == []
+
+
+def test_send_is_the_same_command_with_a_progress_bar_on_a_terminal(
+    kafka_bootstrap: str, isolation: str, intake_url: str, tmp_path: Path
+) -> None:
+    """`escalate send` (the older name) imports too; on a terminal the bar shows on stderr,
+    while stdout keeps one outcome per line for a script to read."""
+    import fcntl
+    import os
+    import pty
+    import struct
+    import termios
+
+    log = tmp_path / "hotline.csv"
+    hotline_log(log, 5)
+    controller, terminal = pty.openpty()
+    # A new pseudo-terminal is 0 columns wide, and tqdm draws nothing in no width.
+    fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    try:
+        done = subprocess.run(
+            [
+                *(sys.executable, "-m", "escalate.cli", "send", str(log)),
+                *("--url", intake_url, "--api-key", API_KEY),
+            ],
+            stdout=subprocess.PIPE,
+            stderr=terminal,
+            text=True,
+            timeout=300,
+        )
+        os.close(terminal)
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(controller, 4096)
+            except OSError:  # the terminal's other end is closed: all is read
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        os.close(controller)
+    assert done.returncode == 0, drawn.decode("utf-8", "replace")
+    assert len(done.stdout.strip().splitlines()) == 5
+    assert "5/5" in drawn.decode("utf-8", "replace")  # tqdm's count: the bar reached the end
+    assert len(stored(kafka_bootstrap, isolation)) == 5
