@@ -34,10 +34,13 @@ from kafka.admin import ConfigResource, ConfigResourceType
 from kafka.errors import KafkaError
 
 from escalate.settings import DEFAULT_CONFIG_DIR
-from schemas.reports import ReportSubmitted
 from schemas.topics import ALL_TOPICS, REPORTS_SUBMITTED
 from tests.conftest import free_port
-from tests.services.kafka import LocalCluster, kafka_cluster_fixture  # noqa: F401
+from tests.services.kafka import (  # noqa: F401
+    LocalCluster,
+    kafka_cluster_fixture,
+    stored_reports,
+)
 from tests.services.pipeline import (
     Components,
     Mail,
@@ -105,33 +108,6 @@ def in_sync(
             if p["leader_id"] not in brokers or set(p["isr_nodes"]) != brokers:
                 return None
     return described
-
-
-def stored_reports(bootstrap: str, topic: str) -> dict[str, int]:
-    """report_id → partition of every record in ``topic``, read back from the brokers."""
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap.split(","),
-        enable_auto_commit=False,
-        isolation_level="read_committed",
-        consumer_timeout_ms=5000,
-    )
-    try:
-        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
-        consumer.assign(tps)
-        consumer.seek_to_beginning(*tps)
-        ends = consumer.end_offsets(tps)
-        found: dict[str, int] = {}
-        deadline = time.monotonic() + 60
-        while any(consumer.position(tp) < ends[tp] for tp in tps):
-            assert time.monotonic() < deadline, f"{topic} not read to its end {ends}"
-            for records in consumer.poll(timeout_ms=2000).values():
-                for record in records:
-                    found[ReportSubmitted.model_validate_json(record.value).report_id] = (
-                        record.partition
-                    )
-        return found
-    finally:
-        consumer.close()
 
 
 def where_it_stands(bootstrap: str, prefix: str, isolation: str) -> str:

@@ -15,14 +15,17 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from kafka import KafkaConsumer, TopicPartition
 
 from escalate import kafka_local
 from escalate.settings import Settings
+from schemas.reports import ReportSubmitted
 
 TEST_KAFKA_PORT = int(os.environ.get("ESCALATE_TEST_KAFKA_PORT", "19092"))
 TEST_CONTROLLER_PORT = int(
@@ -154,3 +157,30 @@ def kafka_cluster_fixture(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     """
     with cluster_for_tests(tmp_path_factory.mktemp("kafka-cluster")) as cluster:
         yield cluster
+
+
+def stored_reports(bootstrap: str, topic: str) -> dict[str, int]:
+    """report_id → partition of every record in ``topic``, read back from the brokers."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap.split(","),
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        consumer_timeout_ms=5000,
+    )
+    try:
+        tps = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic))]
+        consumer.assign(tps)
+        consumer.seek_to_beginning(*tps)
+        ends = consumer.end_offsets(tps)
+        found: dict[str, int] = {}
+        deadline = time.monotonic() + 60
+        while any(consumer.position(tp) < ends[tp] for tp in tps):
+            assert time.monotonic() < deadline, f"{topic} not read to its end {ends}"
+            for records in consumer.poll(timeout_ms=2000).values():
+                for record in records:
+                    found[ReportSubmitted.model_validate_json(record.value).report_id] = (
+                        record.partition
+                    )
+        return found
+    finally:
+        consumer.close()
