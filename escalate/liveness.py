@@ -23,6 +23,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Sequence
+from typing import Any
 
 log = logging.getLogger("escalate.liveness")
 
@@ -42,9 +43,12 @@ def measure(bootstrap: str, group: str, topics: Sequence[str]) -> tuple[int, int
         admin = KafkaAdminClient(
             bootstrap_servers=bootstrap, client_id=f"{group}-liveness", request_timeout_ms=10_000
         )
+        # kafka-python 3.0 renamed list_consumer_group_offsets (what 2.x had) to
+        # list_group_offsets, keyed by group; calling the old name made every round fail
+        # quietly as "no evidence", so the check never fired (tests/integration/test_liveness).
         committed = {
             tp: meta.offset
-            for tp, meta in admin.list_consumer_group_offsets(group).items()
+            for tp, meta in admin.list_group_offsets(group).get(group, {}).items()
             if tp.topic in topics and meta.offset >= 0
         }
         if not committed:
@@ -56,8 +60,14 @@ def measure(bootstrap: str, group: str, topics: Sequence[str]) -> tuple[int, int
             isolation_level="read_committed",
         )
         ends = consumer.end_offsets(list(committed), timeout_ms=10_000)
-        lag = sum(max(0, ends.get(tp, 0) - offset) for tp, offset in committed.items())
-        return sum(committed.values()), lag
+        behind = {tp: ends.get(tp, 0) - offset for tp, offset in committed.items()}
+        # A transaction ends with a commit marker, which a stage never commits past (it
+        # commits its last record's offset + 1): one offset short of the end is caught up when
+        # that offset is a marker. Read it to tell a marker from a record still waiting.
+        for tp in [tp for tp, n in behind.items() if n == 1]:
+            if not _record_at(consumer, tp, committed[tp]):
+                behind[tp] = 0
+        return sum(committed.values()), sum(max(0, n) for n in behind.values())
     except Exception as exc:  # no evidence either way
         log.debug("liveness not measured: %s", type(exc).__name__)
         return None
@@ -66,6 +76,19 @@ def measure(bootstrap: str, group: str, topics: Sequence[str]) -> tuple[int, int
             if client is not None:
                 with contextlib.suppress(Exception):
                     client.close()
+
+
+def _record_at(consumer: Any, tp: Any, offset: int, timeout_s: float = 5.0) -> bool:
+    """Whether a (committed) record sits at ``offset`` of ``tp``, read as read_committed."""
+    consumer.assign([tp])
+    consumer.seek(tp, offset)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if consumer.poll(timeout_ms=500).get(tp):
+            return True
+        if consumer.position(tp) > offset:
+            return False  # moved past a control record without returning it
+    raise TimeoutError(f"{tp} not read at {offset}")
 
 
 class Liveness:

@@ -1,0 +1,103 @@
+"""The liveness check's measurement against the real broker: a consumer group's committed
+offsets and its lag, as the check compares them round after round (escalate/liveness.py)."""
+
+from __future__ import annotations
+
+import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.structs import OffsetAndMetadata
+
+from escalate.liveness import Liveness, measure
+
+pytestmark = pytest.mark.kafka
+
+
+def test_measure_reads_a_groups_committed_offsets_and_lag(
+    kafka_bootstrap: str, isolation: str
+) -> None:
+    topic, group = f"{isolation}.liveness", f"{isolation}-liveness-group"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
+    finally:
+        admin.close()
+    producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
+    for n in range(10):
+        producer.send(topic, value=b"x", partition=n % 2)
+    producer.flush()
+    producer.close()
+
+    # No committed offset yet: nothing to judge by.
+    assert measure(kafka_bootstrap, group, [topic]) is None
+
+    consumer = KafkaConsumer(
+        bootstrap_servers=kafka_bootstrap, group_id=group, enable_auto_commit=False
+    )
+    try:
+        consumer.commit(
+            {
+                TopicPartition(topic, 0): OffsetAndMetadata(2, "", -1),
+                TopicPartition(topic, 1): OffsetAndMetadata(4, "", -1),
+            }
+        )
+    finally:
+        consumer.close()
+    # 6 committed of 10 written: 4 behind.
+    assert measure(kafka_bootstrap, group, [topic]) == (6, 4)
+    assert measure(kafka_bootstrap, group, ["some.other.topic"]) is None
+
+    # Behind, and not moving: the check fires once stuck_s has passed (it only judges here;
+    # ending the process is the caller's, on_stuck).
+    live = Liveness(kafka_bootstrap, group, [topic], stuck_s=0.0, on_stuck=lambda why: None)
+    assert not live.check_once()  # the first reading only sets the baseline
+    assert live.check_once()
+
+
+def test_a_group_caught_up_on_a_transactional_topic_is_not_behind(
+    kafka_bootstrap: str, isolation: str
+) -> None:
+    """Transactions leave a commit marker after their records: the end offset is one past it.
+    A group that read everything must still count as caught up, or an idle stage would look
+    stuck and be ended every 90 s."""
+    topic, group = f"{isolation}.liveness-txn", f"{isolation}-liveness-txn"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    try:
+        admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+    finally:
+        admin.close()
+    producer = KafkaProducer(
+        bootstrap_servers=kafka_bootstrap, transactional_id=f"{isolation}-liveness-txn"
+    )
+    producer.init_transactions()
+    for _ in range(3):
+        producer.begin_transaction()
+        producer.send(topic, value=b"x")
+        producer.commit_transaction()
+    producer.close()
+
+    consumer = KafkaConsumer(
+        topic,
+        bootstrap_servers=kafka_bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+        auto_offset_reset="earliest",
+        consumer_timeout_ms=5000,
+    )
+    try:
+        read = [record.offset for record in consumer]
+        assert read == [0, 2, 4]  # each record followed by its transaction's marker
+        # What the stages commit: the last record's offset + 1, i.e. the last marker's.
+        consumer.commit({TopicPartition(topic, 0): OffsetAndMetadata(read[-1] + 1, "", -1)})
+    finally:
+        consumer.close()
+    assert measure(kafka_bootstrap, group, [topic]) == (5, 0)
+
+    # One record left unread behind a marker is behind: committed at the second record.
+    again = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group)
+    try:
+        again.commit({TopicPartition(topic, 0): OffsetAndMetadata(2, "", -1)})
+    finally:
+        again.close()
+    assert measure(kafka_bootstrap, group, [topic]) == (2, 4)
