@@ -61,11 +61,12 @@ def measure(bootstrap: str, group: str, topics: Sequence[str]) -> tuple[int, int
         )
         ends = consumer.end_offsets(list(committed), timeout_ms=10_000)
         behind = {tp: ends.get(tp, 0) - offset for tp, offset in committed.items()}
-        # A transaction ends with a commit marker, which a stage never commits past (it
-        # commits its last record's offset + 1): one offset short of the end is caught up when
-        # that offset is a marker. Read it to tell a marker from a record still waiting.
-        for tp in [tp for tp, n in behind.items() if n == 1]:
-            if not _record_at(consumer, tp, committed[tp]):
+        # Between a stage's committed offset and the end there can be offsets no consumer is
+        # given: a transaction's commit marker (a stage commits its last record's offset + 1,
+        # so an idle stage sits one short of the end), and after a broker outage whole aborted
+        # transactions. Only a record still to be read makes the stage behind.
+        for tp in [tp for tp, n in behind.items() if n > 0]:
+            if not _record_from(consumer, tp, committed[tp]):
                 behind[tp] = 0
         return sum(committed.values()), sum(max(0, n) for n in behind.values())
     except Exception as exc:  # no evidence either way
@@ -78,16 +79,17 @@ def measure(bootstrap: str, group: str, topics: Sequence[str]) -> tuple[int, int
                     client.close()
 
 
-def _record_at(consumer: Any, tp: Any, offset: int, timeout_s: float = 5.0) -> bool:
-    """Whether a (committed) record sits at ``offset`` of ``tp``, read as read_committed."""
+def _record_from(consumer: Any, tp: Any, offset: int, timeout_s: float = 5.0) -> bool:
+    """Whether a committed record sits at or after ``offset`` of ``tp`` (read_committed skips
+    markers and aborted transactions)."""
     consumer.assign([tp])
     consumer.seek(tp, offset)
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if consumer.poll(timeout_ms=500).get(tp):
             return True
-        if consumer.position(tp) > offset:
-            return False  # moved past a control record without returning it
+        if consumer.position(tp) >= consumer.end_offsets([tp], timeout_ms=5_000)[tp]:
+            return False  # read to the end without a record: only markers or aborted data
     raise TimeoutError(f"{tp} not read at {offset}")
 
 

@@ -75,6 +75,7 @@ def test_a_group_caught_up_on_a_transactional_topic_is_not_behind(
         producer.send(topic, value=b"x")
         producer.commit_transaction()
     producer.close()
+    written_end = 6
 
     consumer = KafkaConsumer(
         topic,
@@ -101,3 +102,22 @@ def test_a_group_caught_up_on_a_transactional_topic_is_not_behind(
     finally:
         again.close()
     assert measure(kafka_bootstrap, group, [topic]) == (2, 4)
+
+    # After a broker outage: a whole aborted transaction past the last committed record. No
+    # consumer is ever given it, so a group that read everything is still caught up...
+    aborting = KafkaProducer(
+        bootstrap_servers=kafka_bootstrap, transactional_id=f"{isolation}-liveness-abort"
+    )
+    aborting.init_transactions()
+    aborting.begin_transaction()
+    for _ in range(3):
+        aborting.send(topic, value=b"never")
+    aborting.flush()
+    aborting.abort_transaction()
+    aborting.close()
+    done = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group)
+    try:
+        done.commit({TopicPartition(topic, 0): OffsetAndMetadata(written_end - 1, "", -1)})
+    finally:
+        done.close()
+    assert measure(kafka_bootstrap, group, [topic]) == (written_end - 1, 0)
