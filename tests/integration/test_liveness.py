@@ -13,15 +13,19 @@ from escalate.liveness import Liveness, measure
 pytestmark = pytest.mark.kafka
 
 
+def create_topic(bootstrap: str, topic: str, partitions: int) -> None:
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        admin.create_topics([NewTopic(topic, num_partitions=partitions, replication_factor=1)])
+    finally:
+        admin.close()
+
+
 def test_measure_reads_a_groups_committed_offsets_and_lag(
     kafka_bootstrap: str, isolation: str
 ) -> None:
     topic, group = f"{isolation}.liveness", f"{isolation}-liveness-group"
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    try:
-        admin.create_topics([NewTopic(topic, num_partitions=2, replication_factor=1)])
-    finally:
-        admin.close()
+    create_topic(kafka_bootstrap, topic, partitions=2)
     producer = KafkaProducer(bootstrap_servers=kafka_bootstrap, acks="all")
     for n in range(10):
         producer.send(topic, value=b"x", partition=n % 2)
@@ -61,11 +65,7 @@ def test_a_group_caught_up_on_a_transactional_topic_is_not_behind(
     A group that read everything must still count as caught up, or an idle stage would look
     stuck and be ended every 90 s."""
     topic, group = f"{isolation}.liveness-txn", f"{isolation}-liveness-txn"
-    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
-    try:
-        admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
-    finally:
-        admin.close()
+    create_topic(kafka_bootstrap, topic, partitions=1)
     producer = KafkaProducer(
         bootstrap_servers=kafka_bootstrap, transactional_id=f"{isolation}-liveness-txn"
     )
