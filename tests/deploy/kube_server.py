@@ -34,13 +34,15 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.services.kafka import RESERVED_PORTS as KAFKA_TEST_PORTS
+
 REPO = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO / "deploy" / "kubernetes" / "crds"
 BUILD_SCRIPT = REPO / "deploy" / "tools" / "build-kube-apiserver"
 
 # Ports other parts of the test suite own (test broker, fault-test cluster, ...): never hand
 # one of them to etcd or the API server even if it happens to be free right now.
-RESERVED_PORTS = frozenset({19092, 19093, *range(39092, 39098), 49192})
+RESERVED_PORTS = KAFKA_TEST_PORTS
 
 
 class KubeServerError(RuntimeError):

@@ -33,6 +33,7 @@ from sqlalchemy import create_engine, text
 from tests.conftest import REPO, free_port
 from tests.faults.harness import Expectations
 from tests.image.conftest import Timings
+from tests.services.kafka import RESERVED_PORTS as KAFKA_TEST_PORTS
 from tests.services.pipeline import Sink, start_sink
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres, pytest.mark.timeout(1800)]
@@ -44,7 +45,7 @@ USER_ID = "10001"
 WORKERS = ("processors", "grouper", "escalator", "notifier", "audit")
 API_KEY = "image-test-key"
 #: ports other sessions on this machine own; none of ours may land on them
-RESERVED_PORTS = {19092, 49192, *range(39092, 39098)}
+RESERVED_PORTS = KAFKA_TEST_PORTS
 
 #: one report the default policy escalates at once (immediate danger), to a school in the
 #: shipped directory, so its first notice has recipients at several tiers

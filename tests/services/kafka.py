@@ -6,8 +6,10 @@ shared with it. A broker started here gets a fresh data directory and is stopped
 test process exits; a broker that was already answering on the test port is reused as it is.
 
 Tests of broker loss get a cluster of their own instead (:func:`cluster_for_tests`, the
-``kafka_cluster`` fixture): three nodes on ports 39092-39097 unless
+``kafka_cluster`` fixture): three nodes on ports 18092-18097 unless
 ESCALATE_TEST_KAFKA_CLUSTER_PORT moves them, data under the pytest tmp dir, always fresh.
+Those ports must lie outside the kernel's ephemeral range: while a killed node is down, any
+client socket on the machine may be given its port, and the node then cannot come back.
 """
 
 from __future__ import annotations
@@ -70,11 +72,30 @@ def stop_test_broker() -> None:
 
 # --- a local multi-broker cluster, for tests of broker loss --------------------------------
 
-TEST_CLUSTER_PORT = int(os.environ.get("ESCALATE_TEST_KAFKA_CLUSTER_PORT", "39092"))
+TEST_CLUSTER_PORT = int(os.environ.get("ESCALATE_TEST_KAFKA_CLUSTER_PORT", "18092"))
 TEST_CLUSTER_CONTROLLER_PORT = int(
     os.environ.get("ESCALATE_TEST_KAFKA_CLUSTER_CONTROLLER_PORT", str(TEST_CLUSTER_PORT + 1))
 )
 CLUSTER_BROKERS = 3
+
+#: Ports the Kafka tests own; servers other tests start (etcd, the API server, containers)
+#: must not take one of them even when it happens to be free at that moment.
+RESERVED_PORTS = frozenset(
+    {
+        TEST_KAFKA_PORT,
+        TEST_CONTROLLER_PORT,
+        *range(TEST_CLUSTER_PORT, TEST_CLUSTER_PORT + 2 * CLUSTER_BROKERS),
+    }
+)
+
+
+def ephemeral_port_range() -> range:
+    """The ports the kernel hands out to sockets that did not ask for one."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+    except (OSError, ValueError):
+        low, high = "32768", "60999"  # Linux's default
+    return range(int(low), int(high) + 1)
 
 
 @dataclass
@@ -128,6 +149,17 @@ def cluster_for_tests(
     variable that moves the whole block (2 × ``brokers`` ports from the cluster port on).
     """
     settings = cluster_settings_for_tests()
+    ports = range(TEST_CLUSTER_PORT, TEST_CLUSTER_PORT + 2 * brokers)
+    ephemeral = ephemeral_port_range()
+    # A broker killed by the test is started again on its old port. Inside the ephemeral range
+    # that port can meanwhile belong to any client's connection, and the restart fails with
+    # "Address already in use" (seen in CI with 39092).
+    if any(port in ephemeral for port in ports):
+        raise kafka_local.KafkaLocalError(
+            f"the test cluster's ports {ports.start}-{ports.stop - 1} overlap the kernel's "
+            f"ephemeral range {ephemeral.start}-{ephemeral.stop - 1}; pick others with "
+            "ESCALATE_TEST_KAFKA_CLUSTER_PORT"
+        )
     try:
         bootstrap = kafka_local.start(
             settings, brokers=brokers, home=home, fresh=True, timeout_s=timeout_s
