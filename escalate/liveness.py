@@ -10,6 +10,12 @@ The process then ends with exit 75 for the orchestrator to start a fresh one, wh
 from the committed offsets: what a failed liveness probe does in Kubernetes, without needing
 one.
 
+One wedge a fresh process does not cure: a transaction left hanging on the group's offsets
+partition (see escalate/hanging.py), which makes every offset fetch of the group answer
+"unstable" for good. So once the group has not moved for ``repair_after_s``, the check looks for
+such a transaction and aborts it (once per stall); the stage then reads on by itself and the
+stall starts counting afresh.
+
 Only for processors, grouper and escalator: the notifier and the audit writer pause on
 purpose while the SMTP relay or the database is away, and must not be ended for that. A
 round that cannot measure (the brokers away) is no evidence either way.
@@ -25,10 +31,38 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from prometheus_client import REGISTRY, CollectorRegistry, Counter
+
+from escalate.hanging import abort_hanging
+
 log = logging.getLogger("escalate.liveness")
+
+
+class LivenessMetrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.hanging_aborted = Counter(
+            "escalate_hanging_transactions_aborted",
+            "Transactions found hanging on a consumer group's offsets partition (open there, "
+            "unknown to their coordinator) and aborted so the group could read on.",
+            ["group"],
+            registry=registry,
+        )
+
+
+_metrics: dict[int, LivenessMetrics] = {}
+
+
+def metrics_for(registry: CollectorRegistry) -> LivenessMetrics:
+    """One set of liveness metrics per registry (a process runs one check per stage)."""
+    if id(registry) not in _metrics:
+        _metrics[id(registry)] = LivenessMetrics(registry)
+    return _metrics[id(registry)]
+
 
 #: behind without a committed offset moving for this long: wedged
 STUCK_S = 90.0
+#: behind without moving for this long: look for a hanging transaction (once per stall)
+REPAIR_AFTER_S = 30.0
 EVERY_S = 10.0
 #: exit status for the orchestrator: try again (EX_TEMPFAIL), as the watchdogs use
 EXIT_STUCK = 75
@@ -104,28 +138,27 @@ class Liveness:
         on_stuck: Callable[[str], None] | None = None,
         measure_fn: Callable[[], tuple[int, int] | None] | None = None,
         measure_timeout_s: float = 30.0,
+        repair_after_s: float = REPAIR_AFTER_S,
+        repair_fn: Callable[[], int] | None = None,
+        registry: CollectorRegistry = REGISTRY,
     ) -> None:
+        self.metrics = metrics_for(registry)
         self.measure_timeout_s = measure_timeout_s
         self.group = group
         self.stuck_s = stuck_s
         self.every_s = every_s
+        self.repair_after_s = repair_after_s
         self._measure = measure_fn or (lambda: measure(bootstrap, group, topics))
+        self._repair = repair_fn or (lambda: len(abort_hanging(bootstrap, group)))
         self._on_stuck = on_stuck or _exit_stuck
         self._committed: int | None = None
         self._moved_at = time.monotonic()
+        self._repair_tried_at: float | None = None  # the stall (its _moved_at) already tried
         self._stop = threading.Event()
 
     def check_once(self) -> bool:
         """One round; True when the stage is judged stuck."""
-        result: list[tuple[int, int] | None] = [None]
-
-        def work() -> None:
-            result[0] = self._measure()
-
-        helper = threading.Thread(target=work, name=f"{self.group}-liveness-check", daemon=True)
-        helper.start()
-        helper.join(timeout=self.measure_timeout_s)
-        found = result[0]
+        found = _bounded(self._measure, self.measure_timeout_s, f"{self.group}-liveness-check")
         now = time.monotonic()
         if found is None:
             return False
@@ -133,7 +166,29 @@ class Liveness:
         if lag == 0 or self._committed is None or committed != self._committed:
             self._moved_at = now
         self._committed = committed
-        return lag > 0 and now - self._moved_at > self.stuck_s
+        stalled_s = now - self._moved_at if lag > 0 else 0.0
+        if stalled_s > self.repair_after_s and self._repair_tried_at != self._moved_at:
+            self._repair_tried_at = self._moved_at
+            if self._try_repair():
+                self._moved_at = now  # the stage can read on now: give it a fresh window
+                return False
+        return stalled_s > self.stuck_s
+
+    def _try_repair(self) -> bool:
+        """Abort what hangs on the group's offsets partition; True when something was."""
+
+        def attempt() -> int:
+            try:
+                return self._repair()
+            except Exception as exc:  # a failed look is no repair, and no reason to stop
+                log.warning("%s: no look for hanging transactions: %s", self.group, exc)
+                return 0
+
+        aborted = _bounded(attempt, self.measure_timeout_s, f"{self.group}-liveness-repair")
+        if not aborted:
+            return False
+        self.metrics.hanging_aborted.labels(self.group).inc(aborted)
+        return True
 
     def start(self) -> None:
         threading.Thread(target=self._run, name=f"{self.group}-liveness", daemon=True).start()
@@ -149,6 +204,20 @@ class Liveness:
 
     def stop(self) -> None:
         self._stop.set()
+
+
+def _bounded(work: Callable[[], Any], timeout_s: float, name: str) -> Any:
+    """``work()`` in a thread of its own; None when it has not returned within ``timeout_s``
+    (a Kafka client that lost a reply must not hold the check)."""
+    result: list[Any] = [None]
+
+    def run() -> None:
+        result[0] = work()
+
+    helper = threading.Thread(target=run, name=name, daemon=True)
+    helper.start()
+    helper.join(timeout=timeout_s)
+    return result[0]
 
 
 def _exit_stuck(why: str) -> None:

@@ -24,6 +24,7 @@ from consumers.dead_letters import DeadLetterMetrics
 from consumers.kafka_io import LoopMetrics
 from consumers.notifier.worker import NotifierMetrics
 from escalate.components import METRICS_OFFSET
+from escalate.liveness import LivenessMetrics
 from escalate.settings import Settings
 from producers.intake.app import IntakeMetrics
 from stream_processors.app import ProcessorMetrics
@@ -75,6 +76,7 @@ def registry_families() -> dict[str, str]:
     LoopMetrics(registry)
     EscalatorMetrics(registry)
     GrouperMetrics(registry)
+    LivenessMetrics(registry)
     return {family.name: family.type for family in registry.collect()}
 
 

@@ -42,3 +42,62 @@ def test_a_measurement_that_hangs_does_not_hold_the_check() -> None:
     assert not live.check_once()  # unmeasured: no evidence
     never.set()
     assert time.monotonic() - started < 5
+
+
+def test_a_stall_gets_one_look_for_hanging_transactions_and_a_fresh_window_if_one_is_aborted() -> (
+    None
+):
+    from prometheus_client import CollectorRegistry
+
+    registry = CollectorRegistry()
+    calls: list[float] = []
+    aborted = [1]  # the first look aborts one transaction, later looks find nothing
+
+    def repair() -> int:
+        calls.append(time.monotonic())
+        return aborted.pop(0) if aborted else 0
+
+    live = Liveness(
+        "unused",
+        "g-repair",
+        ["t"],
+        stuck_s=0.4,
+        repair_after_s=0.1,
+        measure_fn=lambda: (12, 5),  # behind, never moving
+        repair_fn=repair,
+        registry=registry,
+    )
+    assert not live.check_once()  # baseline
+    time.sleep(0.15)
+    assert not live.check_once()  # past repair_after_s: one look, which aborts one
+    assert len(calls) == 1
+    aborted_total = "escalate_hanging_transactions_aborted_total"
+    assert registry.get_sample_value(aborted_total, {"group": "g-repair"}) == 1
+    time.sleep(0.15)
+    # The stall counts afresh from the abort: a second look only after repair_after_s again.
+    assert not live.check_once()
+    assert len(calls) == 2  # found nothing this time
+    assert not live.check_once()
+    assert len(calls) == 2  # once per stall, not every round
+    time.sleep(0.45)
+    assert live.check_once()  # nothing to abort and still not moving: stuck
+
+
+def test_a_failed_look_for_hanging_transactions_is_no_repair() -> None:
+    def broken() -> int:
+        raise RuntimeError("brokers away")
+
+    live = Liveness(
+        "unused",
+        "g",
+        ["t"],
+        stuck_s=0.2,
+        repair_after_s=0.05,
+        measure_fn=lambda: (12, 5),
+        repair_fn=broken,
+    )
+    assert not live.check_once()
+    time.sleep(0.1)
+    assert not live.check_once()  # looked, failed: no repair, no crash
+    time.sleep(0.15)
+    assert live.check_once()

@@ -492,3 +492,35 @@ def test_records_of_a_partition_assigned_but_not_held_are_put_back_and_taken_aga
     assert consumer.seeks == [(unheld, 3)]  # the revoked partition's new owner reads its own
     assert worker._pending == {1}
     assert worker.producers[0].sent == []  # nothing handled for a partition not held
+
+
+def test_resume_fences_before_it_reads_the_committed_offsets(worker: Counting) -> None:
+    """The failed transaction may hold offsets pending: the group's offset fetches wait until
+    it ends, and fencing (taking the partition) is what ends it without waiting its timeout."""
+    from kafka import TopicPartition
+
+    calls: list[tuple[str, Any]] = []
+
+    class Consumer:
+        def assignment(self) -> set[TopicPartition]:
+            return {TopicPartition("in.a", 0), TopicPartition("in.b", 0)}
+
+        def committed(self, tp: TopicPartition) -> int | None:
+            calls.append(("committed", tp.topic))
+            return 5 if tp.topic == "in.a" else None
+
+        def seek(self, tp: TopicPartition, offset: int) -> None:
+            calls.append(("seek", (tp.topic, offset)))
+
+        def seek_to_beginning(self, tp: TopicPartition) -> None:
+            calls.append(("seek_to_beginning", tp.topic))
+
+    worker._take = lambda partitions: calls.append(("take", partitions))  # type: ignore[method-assign]
+    worker._resume(Consumer(), {0})
+    assert calls[0] == ("take", {0})
+    assert sorted(calls[1:]) == [
+        ("committed", "in.a"),
+        ("committed", "in.b"),
+        ("seek", ("in.a", 5)),
+        ("seek_to_beginning", "in.b"),
+    ]

@@ -1,0 +1,115 @@
+"""Transactions open on a group's offsets partition, against the real broker: where the broker
+keeps a group's offsets, that an open transactional offset commit blocks the group's
+read_committed offset fetches, that a live one is never taken for hanging, and that the
+administrative abort (escalate/hanging.py) frees the group."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.admin import NewTopic
+from kafka.errors import KafkaTimeoutError
+from kafka.structs import ConsumerGroupMetadata, OffsetAndMetadata
+
+from escalate.hanging import (
+    OFFSETS_TOPIC,
+    abort,
+    abort_hanging,
+    active_producer_ids,
+    hanging,
+    offsets_partition,
+    open_on_offsets_partition,
+)
+
+pytestmark = pytest.mark.kafka
+
+
+def fetch_committed(bootstrap: str, group: str, tp: TopicPartition) -> dict[TopicPartition, int]:
+    """The group's committed offset of ``tp`` as a read_committed consumer asks for it (the
+    broker must answer with stable offsets only); KafkaTimeoutError while it answers
+    UNSTABLE_OFFSET_COMMIT."""
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        group_id=group,
+        enable_auto_commit=False,
+        isolation_level="read_committed",
+    )
+    try:
+        found = consumer._coordinator.fetch_committed_offsets([tp], timeout_ms=3000)
+        return {t: meta.offset for t, meta in found.items()}
+    finally:
+        consumer.close()
+
+
+def offsets_partitions(admin: KafkaAdminClient) -> int:
+    return len(admin.describe_topics([OFFSETS_TOPIC])[0]["partitions"])
+
+
+def test_an_open_offset_commit_blocks_the_group_until_aborted(
+    kafka_bootstrap: str, isolation: str
+) -> None:
+    topic, group = f"{isolation}.hanging", f"{isolation}-hanging-group"
+    tp = TopicPartition(topic, 0)
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    producer = KafkaProducer(
+        bootstrap_servers=kafka_bootstrap, transactional_id=f"{isolation}-hanging"
+    )
+    try:
+        admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+        producer.init_transactions()
+        # One committed transaction: 1 record, the group's offset 1.
+        producer.begin_transaction()
+        producer.send(topic, b"x")
+        producer.send_offsets_to_transaction(
+            {tp: OffsetAndMetadata(1, "", -1)}, ConsumerGroupMetadata(group, -1, "", None)
+        )
+        producer.commit_transaction()
+        assert fetch_committed(kafka_bootstrap, group, tp) == {tp: 1}
+        assert abort_hanging(kafka_bootstrap, group) == []  # nothing open: nothing touched
+
+        # The broker keeps each group's offsets on the partition this module computes: one
+        # transaction commits offsets for five more groups, and the leader of each group's
+        # computed partition knows the producer (five right by chance: 1 in 10^5 here).
+        pid = producer._transaction_manager.producer_id_and_epoch.producer_id
+        others = [f"{group}-{n}" for n in range(5)]
+        producer.begin_transaction()
+        for other in others:
+            producer.send_offsets_to_transaction(
+                {tp: OffsetAndMetadata(1, "", -1)}, ConsumerGroupMetadata(other, -1, "", None)
+            )
+        producer.commit_transaction()
+        for other in others:
+            partition = offsets_partition(other, offsets_partitions(admin))
+            known = admin.describe_producers([TopicPartition(OFFSETS_TOPIC, partition)])
+            assert pid in {p.producer_id for s in known.values() for p in s.active_producers}
+
+        # A second one left open, its offsets pending.
+        producer.begin_transaction()
+        producer.send(topic, b"y")
+        producer.send_offsets_to_transaction(
+            {tp: OffsetAndMetadata(3, "", -1)}, ConsumerGroupMetadata(group, -1, "", None)
+        )
+        producer.flush()
+        with pytest.raises(KafkaTimeoutError):
+            fetch_committed(kafka_bootstrap, group, tp)  # UNSTABLE_OFFSET_COMMIT, retried
+
+        # The broker holds it open on the partition this module computes for the group...
+        _, found = open_on_offsets_partition(admin, group)
+        assert [txn.producer_id for txn in found] == [pid]
+        # ...and its coordinator still runs it: live, so never hanging, however old it looks.
+        assert active_producer_ids(admin, [pid]) == {pid}
+        far_future = int(time.time() * 1000) + 3_600_000
+        assert hanging(found, {pid}, far_future) == []
+        assert abort_hanging(kafka_bootstrap, group, open_longer_than_s=0) == []
+
+        # The administrative abort marker ends it on the partition: the group reads its last
+        # committed offset again.
+        abort(admin, found)
+        assert fetch_committed(kafka_bootstrap, group, tp) == {tp: 1}
+        _, after = open_on_offsets_partition(admin, group)
+        assert after == []
+    finally:
+        producer.close(timeout=1)
+        admin.close()
