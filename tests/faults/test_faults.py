@@ -21,10 +21,10 @@ import yaml
 from kafka import KafkaProducer
 
 from escalate.settings import DEFAULT_CONFIG_DIR
-from schemas.topics import ALL_TOPICS, DEAD_LETTER, REPORTS_SUBMITTED
+from schemas.topics import ALL_TOPICS, DEAD_LETTER
 from tests.faults.harness import Expectations, Figures, Pipeline, Stream, figures, pipeline
 from tests.services import postgres
-from tests.services.kafka import cluster_for_tests, stored_reports
+from tests.services.kafka import cluster_for_tests
 
 pytestmark = [pytest.mark.kafka, pytest.mark.timeout(900)]
 
@@ -144,7 +144,6 @@ def run_case(
     database_url: str,
     tmp_path: Path,
     expectations: Expectations,
-    wedge_after_broker_restart: bool = False,
 ) -> Figures:
     with pipeline(bootstrap, isolation, database_url, tmp_path, processors=case.processors) as run:
         run.relay.sink.refuse = case.refused
@@ -156,32 +155,12 @@ def run_case(
         found.record()
         troubles = run.components.troubles()
         stacks = run.components.stacks() if found.lost else ""
-        prefix = run.env["ESCALATE_TOPIC_PREFIX"]
-        accepted = [s.report_id for s in stream.accepted()]
     assert found.accepted >= REPORTS * 0.9, (found, troubles)
-    if wedge_after_broker_restart and found.lost:
-        # Every accepted report must still be durable: this outcome is a stage that stopped
-        # moving, never a report gone. Duplicates and the audit chain stay hard failures.
-        stored = stored_reports(bootstrap, REPORTS_SUBMITTED.name(prefix))
-        missing = [i for i in accepted if i not in stored]
-        assert not missing, f"accepted but not in the log: {missing[:5]}"
-        assert (found.duplicates, found.audit_verified) == (0, True), found
-        # Seen once in CI (2026-12-01): after the only broker's restart the grouper and the
-        # processors read nothing for minutes. The grouper's offset fetches got
-        # UNSTABLE_OFFSET_COMMIT for one partition without end, even after a fresh process
-        # had fenced that partition's transactional id; the processors' faust streams never
-        # started. Most likely offsets left pending by a transaction the broker no longer
-        # tracks (a "hanging transaction": Kafka's KIP-890 verification prevents it only for
-        # transaction-version-2 clients, which kafka-python 3.0.12 and aiokafka 0.14.0 are
-        # not). Restarting the stage did not clear it. Reported with its diagnosis, not hidden.
-        pytest.xfail(
-            f"{found.lost} of {found.accepted} accepted reports stored but not delivered after "
-            f"the broker's restart (a stage wedged; all are in the log): {found}\n"
-            + troubles
-            + "\n"
-            + stacks
-        )
-    assert (found.lost, found.duplicates, found.audit_missing) == (0, 0, 0), (found, troubles)
+    assert (found.lost, found.duplicates, found.audit_missing) == (0, 0, 0), (
+        found,
+        troubles,
+        stacks,
+    )
     assert found.audit_verified, found
     if case.refused:
         assert found.failed_recorded > 0, found
@@ -228,7 +207,11 @@ def test_broker_stopped_for_20_s(
     isolation: str, tmp_path: Path, expectations: Expectations
 ) -> None:
     """The pipeline's only broker stops (SIGTERM) for 20 s: the intake answers 503 meanwhile,
-    never 202 for a report it did not store; the clients retry; nothing accepted is lost."""
+    never 202 for a report it did not store; the clients retry; nothing accepted is lost.
+
+    The restart often leaves a stage's transaction hanging on its group's offsets partition
+    (docs/RELIABILITY.md); the stage's liveness check must find and abort it for the case to
+    deliver everything in time."""
     with cluster_for_tests(tmp_path / "broker", brokers=1) as cluster:
 
         def stop_broker(run: Pipeline) -> float:
@@ -247,7 +230,6 @@ def test_broker_stopped_for_20_s(
             f"sqlite:///{tmp_path}/audit.db",
             tmp_path,
             expectations,
-            wedge_after_broker_restart=True,
         )
         assert (
             found.answers.get("503", 0)
