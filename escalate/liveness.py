@@ -33,6 +33,7 @@ from typing import Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter
 
+from consumers.metrics_registry import PerRegistry
 from escalate.hanging import abort_hanging
 
 log = logging.getLogger("escalate.liveness")
@@ -49,14 +50,7 @@ class LivenessMetrics:
         )
 
 
-_metrics: dict[int, LivenessMetrics] = {}
-
-
-def metrics_for(registry: CollectorRegistry) -> LivenessMetrics:
-    """One set of liveness metrics per registry (a process runs one check per stage)."""
-    if id(registry) not in _metrics:
-        _metrics[id(registry)] = LivenessMetrics(registry)
-    return _metrics[id(registry)]
+metrics_for = PerRegistry(LivenessMetrics)
 
 
 #: behind without a committed offset moving for this long: wedged
