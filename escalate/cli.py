@@ -7,6 +7,7 @@ import faulthandler
 import logging
 import signal
 import sys
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TextIO
@@ -232,6 +233,50 @@ def cmd_topics_manifest(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_hanging(args: argparse.Namespace) -> int:
+    """List the transactions open on the pipeline groups' offsets partitions; --abort ends
+    the hanging ones (what each stage's liveness check does on its own after 30 s stalled)."""
+    from kafka import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    from escalate.components import consumer_groups, require_bootstrap
+    from escalate.hanging import abort, survey
+
+    settings = _settings()
+    bootstrap = require_bootstrap(settings)
+    groups = consumer_groups(settings.app_id)
+    if not args.verbose:  # each failed connection attempt is logged; the outcome is said below
+        logging.getLogger("kafka").setLevel(logging.CRITICAL)
+    try:
+        admin = KafkaAdminClient(
+            bootstrap_servers=bootstrap,
+            client_id=f"{settings.app_id}-hanging",
+            request_timeout_ms=10_000,
+            bootstrap_timeout_ms=10_000,
+        )
+    except KafkaError as exc:
+        print(f"cannot reach Kafka at {bootstrap}: {exc}", file=sys.stderr)
+        return 2
+    try:
+        now_ms = int(time.time() * 1000)
+        findings = survey(admin, groups, now_ms, args.open_longer_than)
+        for finding in findings:
+            print(finding.describe(now_ms))
+        if not findings:
+            print(f"no transaction open where {', '.join(groups)} keep their offsets")
+        stuck = [f.txn for f in findings if f.hanging]
+        if stuck and args.abort:
+            abort(admin, stuck)
+            print(f"aborted {len(stuck)} hanging transaction(s)")
+            return 0
+        return 1 if stuck else 0
+    except KafkaError as exc:
+        print(f"Kafka at {bootstrap} did not answer: {exc}", file=sys.stderr)
+        return 2
+    finally:
+        admin.close()
+
+
 def _positive(text: str) -> int:
     value = int(text)
     if value < 1:
@@ -454,6 +499,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="an authority system's key, acting for this tier (ESCALATE_AUTHORITY_API_KEYS)",
     )
     knew.set_defaults(func=cmd_key_new)
+
+    hang = add(
+        "hanging",
+        cmd_hanging,
+        "list transactions open where the pipeline's consumer groups keep their offsets; "
+        "exit 1 while one hangs (--abort ends those)",
+    )
+    hang.add_argument("--abort", action="store_true", help="abort the hanging transactions")
+    hang.add_argument(
+        "--open-longer-than",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="silent for longer than this, and unknown to its coordinator: hanging (default 60)",
+    )
 
     try:
         from escalate.cli_kafka import add_kafka_commands

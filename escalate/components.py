@@ -311,6 +311,13 @@ def run_processors(settings: Settings) -> int:
     return run_worker(worker)
 
 
+def consumer_groups(app_id: str) -> list[str]:
+    """The consumer groups that commit their offsets inside transactions: the processors (faust
+    app id), the grouper and the escalator. tests/unit/test_hanging.py checks these against
+    the components themselves."""
+    return [f"{app_id}-processors", f"{app_id}-grouper", f"{app_id}-escalator"]
+
+
 def run_worker(worker: mode.Worker) -> int:
     """Run a faust (mode) worker to its end; 75 when it crashed, for the orchestrator to start
     a fresh one.

@@ -136,6 +136,43 @@ def abort(admin: Any, transactions: Iterable[OpenTransaction]) -> None:
         )
 
 
+@dataclass(frozen=True)
+class Finding:
+    """One transaction open on an offsets partition that some of ``groups`` keep offsets on."""
+
+    groups: tuple[str, ...]
+    txn: OpenTransaction
+    in_flight: bool  # its coordinator still runs it
+    hanging: bool
+
+    def describe(self, now_ms: int) -> str:
+        state = "HANGING" if self.hanging else "in flight" if self.in_flight else "ending"
+        return (
+            f"{OFFSETS_TOPIC}-{self.txn.partition} (groups: {', '.join(self.groups)}): "
+            f"producer {self.txn.producer_id} epoch {self.txn.producer_epoch}, last write "
+            f"{(now_ms - self.txn.last_write_ms) / 1000:.0f} s ago, {state}"
+        )
+
+
+def survey(
+    admin: Any, groups: Sequence[str], now_ms: int, open_longer_than_s: float = OPEN_LONGER_THAN_S
+) -> list[Finding]:
+    """Every transaction open on the offsets partitions of ``groups``, judged."""
+    by_partition: dict[int, list[str]] = {}
+    open_there: dict[int, list[OpenTransaction]] = {}
+    for group in groups:
+        partition, found = open_on_offsets_partition(admin, group)
+        by_partition.setdefault(partition, []).append(group)
+        open_there[partition] = found
+    everything = [txn for found in open_there.values() for txn in found]
+    active = active_producer_ids(admin, sorted({txn.producer_id for txn in everything}))
+    stuck = set(hanging(everything, active, now_ms, open_longer_than_s))
+    return [
+        Finding(tuple(by_partition[txn.partition]), txn, txn.producer_id in active, txn in stuck)
+        for txn in everything
+    ]
+
+
 def abort_hanging(
     bootstrap: str, group: str, open_longer_than_s: float = OPEN_LONGER_THAN_S
 ) -> list[OpenTransaction]:
@@ -148,25 +185,16 @@ def abort_hanging(
         bootstrap_servers=bootstrap, client_id=f"{group}-hanging", request_timeout_ms=10_000
     )
     try:
-        _, found = open_on_offsets_partition(admin, group)
-        if not found:
-            return []
-        active = active_producer_ids(admin, [txn.producer_id for txn in found])
-        stuck = hanging(found, active, int(time.time() * 1000), open_longer_than_s)
-        for txn in stuck:
+        now_ms = int(time.time() * 1000)
+        stuck = [f for f in survey(admin, [group], now_ms, open_longer_than_s) if f.hanging]
+        for finding in stuck:
             log.warning(
-                "%s: producer %d (epoch %d) has held a transaction open on %s-%d for %.0f s "
-                "that its coordinator no longer tracks; aborting it so the group's offsets "
-                "can be read",
-                group,
-                txn.producer_id,
-                txn.producer_epoch,
-                OFFSETS_TOPIC,
-                txn.partition,
-                (time.time() * 1000 - txn.last_write_ms) / 1000,
+                "%s; aborting it so the group's offsets can be read "
+                "(its coordinator no longer tracks it)",
+                finding.describe(now_ms),
             )
-        abort(admin, stuck)
-        return stuck
+        abort(admin, [f.txn for f in stuck])
+        return [f.txn for f in stuck]
     finally:
         with contextlib.suppress(Exception):
             admin.close()

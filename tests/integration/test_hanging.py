@@ -5,6 +5,9 @@ administrative abort (escalate/hanging.py) frees the group."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
 
 import pytest
@@ -13,6 +16,7 @@ from kafka.admin import NewTopic
 from kafka.errors import KafkaTimeoutError
 from kafka.structs import ConsumerGroupMetadata, OffsetAndMetadata
 
+from escalate.components import consumer_groups
 from escalate.hanging import (
     OFFSETS_TOPIC,
     abort,
@@ -22,6 +26,7 @@ from escalate.hanging import (
     offsets_partition,
     open_on_offsets_partition,
 )
+from tests.conftest import free_port
 
 pytestmark = pytest.mark.kafka
 
@@ -118,3 +123,64 @@ def test_an_open_offset_commit_blocks_the_group_until_aborted(
     finally:
         producer.close(timeout=1)
         admin.close()
+
+
+def escalate_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "escalate.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+
+
+def test_the_cli_lists_what_is_open_and_never_calls_a_live_transaction_hanging(
+    kafka_bootstrap: str, isolation: str
+) -> None:
+    """`escalate hanging`: an open transaction of the grouper's group is listed as in flight,
+    and --abort leaves it alone."""
+    topic = f"{isolation}.hanging-cli"
+    group = consumer_groups(isolation)[1]  # the grouper's
+    tp = TopicPartition(topic, 0)
+    env = {
+        **os.environ,
+        "ESCALATE_KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "ESCALATE_APP_ID": isolation,
+    }
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    producer = KafkaProducer(
+        bootstrap_servers=kafka_bootstrap, transactional_id=f"{isolation}-hanging-cli"
+    )
+    try:
+        admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
+        producer.init_transactions()
+        producer.begin_transaction()
+        producer.send(topic, b"y")
+        producer.send_offsets_to_transaction(
+            {tp: OffsetAndMetadata(1, "", -1)}, ConsumerGroupMetadata(group, -1, "", None)
+        )
+        producer.flush()
+        pid = producer._transaction_manager.producer_id_and_epoch.producer_id
+
+        for args in (("hanging",), ("hanging", "--abort", "--open-longer-than", "0")):
+            shown = escalate_cli(env, *args)
+            ours = [line for line in shown.stdout.splitlines() if f"producer {pid} " in line]
+            assert len(ours) == 1, shown.stdout + shown.stderr
+            assert ours[0].endswith("in flight") and group in ours[0], ours[0]
+            # Exit 1 only while something (another test's leftover) hangs there unaborted.
+            hangs = "HANGING" in shown.stdout and "--abort" not in args
+            assert shown.returncode == (1 if hangs else 0), shown.stdout + shown.stderr
+        producer.commit_transaction()  # still ours to commit: nothing aborted it
+        assert fetch_committed(kafka_bootstrap, group, tp) == {tp: 1}
+    finally:
+        producer.close(timeout=1)
+        admin.close()
+
+
+def test_the_cli_says_when_kafka_cannot_be_reached() -> None:
+    env = {**os.environ, "ESCALATE_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}
+    shown = escalate_cli(env, "hanging")
+    assert shown.returncode == 2, shown.stdout + shown.stderr
+    [said] = shown.stderr.strip().splitlines()  # one line, no client noise, no traceback
+    assert said.startswith("cannot reach Kafka at 127.0.0.1:"), said

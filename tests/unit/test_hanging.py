@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from escalate.hanging import OpenTransaction, hanging, java_string_hash, offsets_partition
@@ -40,3 +42,29 @@ def test_only_a_long_silent_transaction_its_coordinator_does_not_run_is_hanging(
     assert hanging([old, recent, live], active_producer_ids={3}, now_ms=now) == [old]
     assert hanging([old], active_producer_ids=set(), now_ms=now, open_longer_than_s=120) == []
     assert hanging([], active_producer_ids=set(), now_ms=now) == []
+
+
+def test_the_groups_surveyed_are_the_ones_the_components_use(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from escalate.components import consumer_groups
+    from escalate.settings import DEFAULT_CONFIG_DIR
+    from stream_processors.app import ProcessorConfig, create_app
+    from stream_processors.config_holder import ConfigHolder
+    from stream_processors.escalation.worker import Escalator, EscalatorConfig
+    from stream_processors.grouping.worker import Grouper, GrouperConfig
+
+    holder = ConfigHolder(DEFAULT_CONFIG_DIR / "policy.yaml", DEFAULT_CONFIG_DIR / "directory.yaml")
+    app = create_app(
+        ProcessorConfig(app_id="city", data_dir=str(tmp_path)),
+        "127.0.0.1:1",
+        holder,
+        CollectorRegistry(),
+    )
+    grouper = Grouper(GrouperConfig(app_id="city"), holder, registry=CollectorRegistry())
+    escalator = Escalator(EscalatorConfig(app_id="city"), holder, registry=CollectorRegistry())
+    assert consumer_groups("city") == [
+        app.conf.id,
+        grouper.options.group_id,
+        escalator.options.group_id,
+    ]
