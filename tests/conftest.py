@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import socket
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -40,3 +42,14 @@ def free_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
+
+
+def escalate(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """The `escalate` command as an operator runs it, with exactly ``env`` as its environment."""
+    return subprocess.run(
+        [sys.executable, "-m", "escalate.cli", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )

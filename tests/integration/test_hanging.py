@@ -6,8 +6,6 @@ administrative abort (escalate/hanging.py) frees the group."""
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 import time
 
 import pytest
@@ -26,7 +24,7 @@ from escalate.hanging import (
     offsets_partition,
     open_on_offsets_partition,
 )
-from tests.conftest import free_port
+from tests.conftest import escalate, free_port
 
 pytestmark = pytest.mark.kafka
 
@@ -48,6 +46,17 @@ def fetch_committed(bootstrap: str, group: str, tp: TopicPartition) -> dict[Topi
         consumer.close()
 
 
+def begin_with_offset(producer: KafkaProducer, tp: TopicPartition, group: str, offset: int) -> None:
+    """Begin a transaction that writes one record to ``tp`` and commits ``group``'s offset
+    there, everything sent to the broker and the transaction left open."""
+    producer.begin_transaction()
+    producer.send(tp.topic, b"x", partition=tp.partition)
+    producer.send_offsets_to_transaction(
+        {tp: OffsetAndMetadata(offset, "", -1)}, ConsumerGroupMetadata(group, -1, "", None)
+    )
+    producer.flush()
+
+
 def offsets_partitions(admin: KafkaAdminClient) -> int:
     return len(admin.describe_topics([OFFSETS_TOPIC])[0]["partitions"])
 
@@ -65,11 +74,7 @@ def test_an_open_offset_commit_blocks_the_group_until_aborted(
         admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
         producer.init_transactions()
         # One committed transaction: 1 record, the group's offset 1.
-        producer.begin_transaction()
-        producer.send(topic, b"x")
-        producer.send_offsets_to_transaction(
-            {tp: OffsetAndMetadata(1, "", -1)}, ConsumerGroupMetadata(group, -1, "", None)
-        )
+        begin_with_offset(producer, tp, group, 1)
         producer.commit_transaction()
         assert fetch_committed(kafka_bootstrap, group, tp) == {tp: 1}
         pid = producer._transaction_manager.producer_id_and_epoch.producer_id
@@ -93,12 +98,7 @@ def test_an_open_offset_commit_blocks_the_group_until_aborted(
             assert pid in {p.producer_id for s in known.values() for p in s.active_producers}
 
         # A second one left open, its offsets pending.
-        producer.begin_transaction()
-        producer.send(topic, b"y")
-        producer.send_offsets_to_transaction(
-            {tp: OffsetAndMetadata(3, "", -1)}, ConsumerGroupMetadata(group, -1, "", None)
-        )
-        producer.flush()
+        begin_with_offset(producer, tp, group, 3)
         with pytest.raises(KafkaTimeoutError):
             fetch_committed(kafka_bootstrap, group, tp)  # UNSTABLE_OFFSET_COMMIT, retried
 
@@ -125,16 +125,6 @@ def test_an_open_offset_commit_blocks_the_group_until_aborted(
         admin.close()
 
 
-def escalate_cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "escalate.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-
-
 def test_the_cli_lists_what_is_open_and_never_calls_a_live_transaction_hanging(
     kafka_bootstrap: str, isolation: str
 ) -> None:
@@ -155,16 +145,11 @@ def test_the_cli_lists_what_is_open_and_never_calls_a_live_transaction_hanging(
     try:
         admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)])
         producer.init_transactions()
-        producer.begin_transaction()
-        producer.send(topic, b"y")
-        producer.send_offsets_to_transaction(
-            {tp: OffsetAndMetadata(1, "", -1)}, ConsumerGroupMetadata(group, -1, "", None)
-        )
-        producer.flush()
+        begin_with_offset(producer, tp, group, 1)
         pid = producer._transaction_manager.producer_id_and_epoch.producer_id
 
         for args in (("hanging",), ("hanging", "--abort", "--open-longer-than", "0")):
-            shown = escalate_cli(env, *args)
+            shown = escalate(env, *args)
             ours = [line for line in shown.stdout.splitlines() if f"producer {pid} " in line]
             assert len(ours) == 1, shown.stdout + shown.stderr
             assert ours[0].endswith("in flight") and group in ours[0], ours[0]
@@ -180,7 +165,7 @@ def test_the_cli_lists_what_is_open_and_never_calls_a_live_transaction_hanging(
 
 def test_the_cli_says_when_kafka_cannot_be_reached() -> None:
     env = {**os.environ, "ESCALATE_KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}"}
-    shown = escalate_cli(env, "hanging")
+    shown = escalate(env, "hanging")
     assert shown.returncode == 2, shown.stdout + shown.stderr
     [said] = shown.stderr.strip().splitlines()  # one line, no client noise, no traceback
     assert said.startswith("cannot reach Kafka at 127.0.0.1:"), said

@@ -5,25 +5,13 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-import subprocess
-import sys
 from pathlib import Path
 
 from kafka import KafkaConsumer
 
 from escalate import kafka_local
 from escalate.settings import Settings
-from tests.conftest import free_port
-
-
-def escalate(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "escalate.cli", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+from tests.conftest import escalate, free_port
 
 
 def test_start_is_idempotent_prints_the_address_last_and_stop_stops(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from schemas.common import Category, Severity, Tier
 from schemas.escalation import EscalationState, ReviewState
 from schemas.topics import ESCALATION_STATE
 from tests.action_support import CONTACT_PHONE, RECEIVED, make_state, publish_state
+from tests.conftest import escalate as run_escalate
 
 pytestmark = pytest.mark.kafka
 
@@ -45,13 +46,8 @@ def reviewed(
 
 
 def escalate(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "escalate.cli", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
+    """The command with ``env`` on top of this process's environment."""
+    return run_escalate({**os.environ, **env}, *args)
 
 
 def test_reviewed_states_export_to_a_corpus_the_evaluation_reads(
