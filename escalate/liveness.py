@@ -2,13 +2,14 @@
 
 Measured from outside the stage's own clients: every ``every_s`` a fresh admin client reads
 the consumer group's committed offsets, and a fresh consumer the topics' end offsets (both
-with timeouts, in a thread of their own, so a lost reply cannot hold the check). When the
-group is behind and its committed offsets have not moved for ``stuck_s``, the stage is wedged
-somewhere its own recovery (stall checks, poll guard, watchdog) did not reach: after a broker
-was killed, a faust worker and kafka-python clients were seen to sit like that for minutes.
-The process then ends with exit 75 for the orchestrator to start a fresh one, which reads on
-from the committed offsets: what a failed liveness probe does in Kubernetes, without needing
-one.
+with timeouts, in a thread of their own, so a lost reply cannot hold the check). When a
+partition has records still to read and the group's committed offset there has not moved for
+``stuck_s``, the stage is wedged (for that partition at least: the other ones may move on, as
+when the processors hold a commit back at a report they skipped) somewhere its own recovery
+(stall checks, poll guard, watchdog) did not reach: after a broker was killed, a faust worker
+and kafka-python clients were seen to sit like that for minutes. The process then ends with
+exit 75 for the orchestrator to start a fresh one, which reads on from the committed offsets:
+what a failed liveness probe does in Kubernetes, without needing one.
 
 One wedge a fresh process does not cure: a transaction left hanging on the group's offsets
 partition (see escalate/hanging.py), which makes every offset fetch of the group answer
@@ -62,8 +63,12 @@ EVERY_S = 10.0
 EXIT_STUCK = 75
 
 
-def measure(bootstrap: str, group: str, topics: Sequence[str]) -> tuple[int, int] | None:
-    """(committed offsets summed, lag summed) of ``group`` on ``topics``, or None."""
+#: per partition ("topic[partition]"): (committed offset, offsets still to read behind it)
+Reading = dict[str, tuple[int, int]]
+
+
+def measure(bootstrap: str, group: str, topics: Sequence[str]) -> Reading | None:
+    """``group``'s committed offset and lag on each partition of ``topics``, or None."""
     from kafka import KafkaAdminClient, KafkaConsumer
 
     admin = consumer = None
@@ -88,7 +93,7 @@ def measure(bootstrap: str, group: str, topics: Sequence[str]) -> tuple[int, int
             isolation_level="read_committed",
         )
         ends = consumer.end_offsets(list(committed), timeout_ms=10_000)
-        behind = {tp: ends.get(tp, 0) - offset for tp, offset in committed.items()}
+        behind = {tp: max(0, ends.get(tp, 0) - offset) for tp, offset in committed.items()}
         # Between a stage's committed offset and the end there can be offsets no consumer is
         # given: a transaction's commit marker (a stage commits its last record's offset + 1,
         # so an idle stage sits one short of the end), and after a broker outage whole aborted
@@ -96,7 +101,7 @@ def measure(bootstrap: str, group: str, topics: Sequence[str]) -> tuple[int, int
         for tp in [tp for tp, n in behind.items() if n > 0]:
             if not _record_from(consumer, tp, committed[tp]):
                 behind[tp] = 0
-        return sum(committed.values()), sum(max(0, n) for n in behind.values())
+        return {f"{tp.topic}[{tp.partition}]": (committed[tp], behind[tp]) for tp in committed}
     except Exception as exc:  # no evidence either way
         log.debug("liveness not measured: %s", type(exc).__name__)
         return None
@@ -130,7 +135,7 @@ class Liveness:
         stuck_s: float = STUCK_S,
         every_s: float = EVERY_S,
         on_stuck: Callable[[str], None] | None = None,
-        measure_fn: Callable[[], tuple[int, int] | None] | None = None,
+        measure_fn: Callable[[], Reading | None] | None = None,
         measure_timeout_s: float = 30.0,
         repair_after_s: float = REPAIR_AFTER_S,
         repair_fn: Callable[[], int] | None = None,
@@ -145,9 +150,9 @@ class Liveness:
         self._measure = measure_fn or (lambda: measure(bootstrap, group, topics))
         self._repair = repair_fn or (lambda: len(abort_hanging(bootstrap, group)))
         self._on_stuck = on_stuck or _exit_stuck
-        self._committed: int | None = None
-        self._moved_at = time.monotonic()
-        self._repair_tried_at: float | None = None  # the stall (its _moved_at) already tried
+        self._committed: dict[str, int] = {}
+        self._moved_at: dict[str, float] = {}  # per partition: when it last moved or caught up
+        self._repair_tried_at: float | None = None  # the stall (when it began) already tried
         self._stop = threading.Event()
 
     def check_once(self) -> bool:
@@ -156,15 +161,22 @@ class Liveness:
         now = time.monotonic()
         if found is None:
             return False
-        committed, lag = found
-        if lag == 0 or self._committed is None or committed != self._committed:
-            self._moved_at = now
-        self._committed = committed
-        stalled_s = now - self._moved_at if lag > 0 else 0.0
-        if stalled_s > self.repair_after_s and self._repair_tried_at != self._moved_at:
-            self._repair_tried_at = self._moved_at
+        # Judged per partition: one partition wedged while the others move on is a stage that
+        # has stopped for the reports keyed there (a summed offset would hide it).
+        for part, (committed, behind) in found.items():
+            if behind == 0 or self._committed.get(part) != committed:
+                self._moved_at[part] = now
+            self._committed[part] = committed
+        stalled = [self._moved_at[part] for part, (_, behind) in found.items() if behind > 0]
+        if not stalled:
+            return False
+        began = min(stalled)
+        stalled_s = now - began
+        if stalled_s > self.repair_after_s and self._repair_tried_at != began:
+            self._repair_tried_at = began
             if self._try_repair():
-                self._moved_at = now  # the stage can read on now: give it a fresh window
+                for part in found:  # the stage can read on now: give it a fresh window
+                    self._moved_at[part] = now
                 return False
         return stalled_s > self.stuck_s
 

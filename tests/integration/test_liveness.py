@@ -47,8 +47,11 @@ def test_measure_reads_a_groups_committed_offsets_and_lag(
         )
     finally:
         consumer.close()
-    # 6 committed of 10 written: 4 behind.
-    assert measure(kafka_bootstrap, group, [topic]) == (6, 4)
+    # 2 of 5 committed on partition 0, 4 of 5 on partition 1.
+    assert measure(kafka_bootstrap, group, [topic]) == {
+        f"{topic}[0]": (2, 3),
+        f"{topic}[1]": (4, 1),
+    }
     assert measure(kafka_bootstrap, group, ["some.other.topic"]) is None
 
     # Behind, and not moving: the check fires once stuck_s has passed (it only judges here;
@@ -93,7 +96,7 @@ def test_a_group_caught_up_on_a_transactional_topic_is_not_behind(
         consumer.commit({TopicPartition(topic, 0): OffsetAndMetadata(read[-1] + 1, "", -1)})
     finally:
         consumer.close()
-    assert measure(kafka_bootstrap, group, [topic]) == (5, 0)
+    assert measure(kafka_bootstrap, group, [topic]) == {f"{topic}[0]": (5, 0)}
 
     # One record left unread behind a marker is behind: committed at the second record.
     again = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group)
@@ -101,7 +104,7 @@ def test_a_group_caught_up_on_a_transactional_topic_is_not_behind(
         again.commit({TopicPartition(topic, 0): OffsetAndMetadata(2, "", -1)})
     finally:
         again.close()
-    assert measure(kafka_bootstrap, group, [topic]) == (2, 4)
+    assert measure(kafka_bootstrap, group, [topic]) == {f"{topic}[0]": (2, 4)}
 
     # After a broker outage: a whole aborted transaction past the last committed record. No
     # consumer is ever given it, so a group that read everything is still caught up...
@@ -120,4 +123,4 @@ def test_a_group_caught_up_on_a_transactional_topic_is_not_behind(
         done.commit({TopicPartition(topic, 0): OffsetAndMetadata(written_end - 1, "", -1)})
     finally:
         done.close()
-    assert measure(kafka_bootstrap, group, [topic]) == (written_end - 1, 0)
+    assert measure(kafka_bootstrap, group, [topic]) == {f"{topic}[0]": (written_end - 1, 0)}

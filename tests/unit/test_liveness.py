@@ -4,21 +4,26 @@ from __future__ import annotations
 
 import time
 
-from escalate.liveness import Liveness
+from escalate.liveness import Liveness, Reading
+
+
+def one(committed: int, behind: int) -> Reading:
+    """A reading of a one-partition topic."""
+    return {"t[0]": (committed, behind)}
 
 
 def test_behind_and_not_moving_is_stuck_and_moving_or_caught_up_is_not() -> None:
-    readings: list[tuple[int, int] | None] = []
+    readings: list[Reading | None] = []
     live = Liveness("unused", "g", ["t"], stuck_s=0.2, measure_fn=lambda: readings.pop(0))
-    readings[:] = [(10, 5)]
+    readings[:] = [one(10, 5)]
     assert not live.check_once()  # first look
     time.sleep(0.3)
-    readings[:] = [(12, 5)]
+    readings[:] = [one(12, 5)]
     assert not live.check_once()  # committed moved: progress
     time.sleep(0.3)
-    readings[:] = [(12, 5)]
+    readings[:] = [one(12, 5)]
     assert live.check_once()  # behind, nothing moved for longer than stuck_s
-    readings[:] = [(12, 0)]
+    readings[:] = [one(12, 0)]
     assert not live.check_once()  # caught up: idle is not stuck
 
 
@@ -33,7 +38,7 @@ def test_a_measurement_that_hangs_does_not_hold_the_check() -> None:
 
     never = threading.Event()
 
-    def hangs() -> tuple[int, int] | None:
+    def hangs() -> Reading | None:
         never.wait(60)
         return None
 
@@ -63,7 +68,7 @@ def test_a_stall_gets_one_look_for_hanging_transactions_and_a_fresh_window_if_on
         ["t"],
         stuck_s=0.4,
         repair_after_s=0.1,
-        measure_fn=lambda: (12, 5),  # behind, never moving
+        measure_fn=lambda: one(12, 5),  # behind, never moving
         repair_fn=repair,
         registry=registry,
     )
@@ -93,7 +98,7 @@ def test_a_failed_look_for_hanging_transactions_is_no_repair() -> None:
         ["t"],
         stuck_s=0.2,
         repair_after_s=0.05,
-        measure_fn=lambda: (12, 5),
+        measure_fn=lambda: one(12, 5),
         repair_fn=broken,
     )
     assert not live.check_once()
@@ -101,3 +106,15 @@ def test_a_failed_look_for_hanging_transactions_is_no_repair() -> None:
     assert not live.check_once()  # looked, failed: no repair, no crash
     time.sleep(0.15)
     assert live.check_once()
+
+
+def test_one_partition_wedged_while_the_others_move_is_stuck() -> None:
+    readings: list[Reading | None] = []
+    live = Liveness("unused", "g", ["t"], stuck_s=0.2, measure_fn=lambda: readings.pop(0))
+    readings[:] = [{"t[0]": (10, 5), "t[1]": (7, 1)}]
+    assert not live.check_once()
+    time.sleep(0.3)
+    readings[:] = [{"t[0]": (30, 5), "t[1]": (7, 1)}]  # t[0] moves on, t[1] holds at 7
+    assert live.check_once()
+    readings[:] = [{"t[0]": (40, 0), "t[1]": (8, 0)}]
+    assert not live.check_once()  # both caught up
