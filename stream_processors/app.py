@@ -179,7 +179,8 @@ def create_app(
         broker_heartbeat_interval=2.0,
     )
     # Only the intake writes reports, without transactions: an offset not acknowledged there is
-    # a report not processed, and the commit must not pass it (see contiguous_offsets).
+    # a report not processed, and the commit must not pass it. The incidents topic is written in
+    # transactions, so only the offsets actually fetched count there (see contiguous_offsets).
     guard = ContiguityGuard({REPORTS_SUBMITTED.name(prefix)}, config.skipped_record_patience_s)
     app.transport.Consumer = guarded_consumer(guard)  # type: ignore[misc]
     reports = _raw_topic(app, REPORTS_SUBMITTED, prefix)

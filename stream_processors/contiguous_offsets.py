@@ -1,4 +1,4 @@
-"""Never commit a report's offset unless the report itself was processed.
+"""Never commit a record's offset unless the record itself was processed.
 
 faust commits, per partition, the offsets its agents acknowledged. Two of its rules let that
 commit pass over a record no agent ever saw:
@@ -9,18 +9,22 @@ commit pass over a record no agent ever saw:
 - ``Consumer._add_gap`` marks offsets the fetcher jumped over as done, for compacted topics and
   the same markers.
 
-Both are right for topics written in transactions and wrong for the reports topic, which only
-the intake writes, with an idempotent producer and no transactions: its offsets follow one
-another without a hole, so an offset that was not acknowledged is a report that was not
-processed. That happened once in the fault suite (two processors, one killed with ``kill -9``):
-during the rebalance one report was dropped between fetch and agent and the next commit went
-over it, so the report was "accepted" and never classified (faust-streaming issues #606 and
-#221 describe the same family).
+That happened once in the fault suite (two processors, one killed with ``kill -9``): during the
+rebalance one report was dropped between fetch and agent and the next commit went over it, so
+the report was "accepted" and never classified (faust-streaming issues #606 and #221 describe
+the same family).
 
-On such topics this guard holds the commit back at the first offset not processed. If the hole
-has not filled itself after ``patience_s`` it raises ``SkippedRecord``: the worker then ends
-with exit 75 (``escalate.components.run_worker``), its open transactions are aborted when the
-fresh worker fences them, and the report is read again from the committed offset, with
+This guard holds the commit back at the first offset not processed, when it knows a record is
+there:
+
+- on a *gapless* topic, any offset: the reports topic is written only by the intake, with an
+  idempotent producer and no transactions, so its offsets follow one another without a hole;
+- on any topic, an offset the consumer fetched: a marker is never fetched, so a fetched offset
+  that is not acknowledged is a record dropped (or still on its way to the agent).
+
+If the hole has not filled itself after ``patience_s`` it raises ``SkippedRecord``: the worker
+then ends with exit 75 (``escalate.components.run_worker``), its open transactions are aborted
+when the fresh worker fences them, and the record is read again from the committed offset, with
 everything after it. A restart costs seconds; a report nobody was told about costs a child.
 """
 
@@ -28,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import defaultdict
 from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
@@ -40,7 +45,7 @@ PATIENCE_S = 10.0
 
 
 class SkippedRecord(RuntimeError):
-    """A later offset was acknowledged while an earlier one of a gapless topic never was."""
+    """A later offset was acknowledged while an earlier record never was."""
 
 
 class ContiguityGuard:
@@ -51,42 +56,59 @@ class ContiguityGuard:
 
     def __init__(
         self,
-        topics: Collection[str],
+        gapless_topics: Collection[str],
         patience_s: float = PATIENCE_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.topics = frozenset(topics)
+        self.gapless_topics = frozenset(gapless_topics)
         self.patience_s = patience_s
         self._clock = clock
         self._held_since: dict[tuple[str, int], float] = {}
 
     def holds(
-        self, topic: str, partition: int, acked: Sequence[int], committed: int | None
+        self,
+        topic: str,
+        partition: int,
+        acked: Sequence[int],
+        committed: int | None,
+        fetched: Collection[int] = (),
     ) -> bool:
         """True: do not commit this partition now. Raises ``SkippedRecord`` once the hole
-        at ``committed`` has been open longer than the patience."""
+        at ``committed`` has been open longer than the patience.
+
+        ``fetched``: offsets of the partition the consumer handed on since it last committed.
+        """
         key = (topic, partition)
-        if topic not in self.topics or committed is None or not acked or min(acked) <= committed:
+        if committed is None or not acked or not self._hole(topic, committed, acked, fetched):
             self._held_since.pop(key, None)
             return False
         now = self._clock()
         if key not in self._held_since:
             self._held_since[key] = now
             log.warning(
-                "%s[%d]: offset %d not processed yet, later ones were; "
-                "holding the commit back at %d",
+                "%s[%d]: a record from offset %d on not processed yet, later ones were; "
+                "holding the commit back there",
                 topic,
                 partition,
-                committed,
                 committed,
             )
         since = self._held_since[key]
         if now - since > self.patience_s:
             raise SkippedRecord(
-                f"{topic}[{partition}]: offset {committed} was passed over without being "
-                f"processed ({now - since:.0f} s); start again from it"
+                f"{topic}[{partition}]: a record from offset {committed} on was passed over "
+                f"without being processed ({now - since:.0f} s); start again from there"
             )
         return True
+
+    def _hole(
+        self, topic: str, committed: int, acked: Sequence[int], fetched: Collection[int]
+    ) -> bool:
+        first = min(acked)
+        if first <= committed:
+            return False
+        if topic in self.gapless_topics:
+            return True
+        return any(committed <= offset < first for offset in fetched)
 
     def forget(self, topic: str, partition: int) -> None:
         """The partition went to another worker: whatever was held is theirs to read."""
@@ -97,14 +119,28 @@ def guarded_consumer(guard: ContiguityGuard) -> type[faust_aiokafka.Consumer]:
     """faust's aiokafka consumer with ``guard`` on its commits and gaps."""
 
     class GuardedConsumer(faust_aiokafka.Consumer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            #: per partition, offsets handed on to the agents at or after the committed one
+            self._fetched: defaultdict[Any, set[int]] = defaultdict(set)
+
+        async def getmany(self, timeout: float) -> Any:
+            async for tp, message in super().getmany(timeout):
+                self._fetched[tp].add(message.offset)
+                yield tp, message
+
         def _new_offset(self, tp: Any) -> int | None:
-            if guard.holds(tp.topic, tp.partition, self._acked[tp], self._committed_offset[tp]):
+            committed = self._committed_offset[tp]
+            fetched = self._fetched[tp]
+            if committed is not None:
+                fetched.difference_update([o for o in fetched if o < committed])
+            if guard.holds(tp.topic, tp.partition, self._acked[tp], committed, fetched):
                 return None
             new: int | None = super()._new_offset(tp)
             return new
 
         async def _add_gap(self, tp: Any, offset_from: int, offset_to: int) -> None:
-            if tp.topic in guard.topics:
+            if tp.topic in guard.gapless_topics:
                 # No legitimate gap exists in these topics: what the fetcher jumped over was
                 # never processed, and must keep the commit back instead of filling the hole.
                 return
@@ -113,6 +149,7 @@ def guarded_consumer(guard: ContiguityGuard) -> type[faust_aiokafka.Consumer]:
         async def on_partitions_revoked(self, revoked: Any) -> None:
             for tp in revoked:
                 guard.forget(tp.topic, tp.partition)
+                self._fetched.pop(tp, None)
             await super().on_partitions_revoked(revoked)
 
     return GuardedConsumer

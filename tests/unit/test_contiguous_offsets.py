@@ -39,7 +39,7 @@ def test_a_hole_at_the_committed_offset_holds_the_commit_then_ends_the_worker() 
     clock.now += 10
     assert guard.holds("reports", 3, [6, 7, 8], committed=5)
     clock.now += 0.5
-    with pytest.raises(SkippedRecord, match=r"reports\[3\]: offset 5 "):
+    with pytest.raises(SkippedRecord, match=r"reports\[3\]: a record from offset 5 on"):
         guard.holds("reports", 3, [6, 7, 8], committed=5)
 
 
@@ -63,9 +63,16 @@ def test_a_revoked_partition_is_forgotten() -> None:
     assert guard.holds("reports", 0, [6], committed=5)  # a fresh hole, not an old one
 
 
-def test_other_topics_keep_fausts_own_rule() -> None:
-    guard = ContiguityGuard({"reports"}, patience_s=0, clock=Clock())
-    assert not guard.holds("incidents", 0, [6, 7], committed=5)
+def test_on_other_topics_only_a_fetched_offset_is_a_record() -> None:
+    clock = Clock()
+    guard = ContiguityGuard({"reports"}, patience_s=10, clock=clock)
+    # Offset 5 never fetched: a transaction's commit marker, which faust steps over.
+    assert not guard.holds("incidents", 0, [6, 7], committed=5, fetched={6, 7})
+    # Offset 6 fetched and not acknowledged, 7 acknowledged: a record dropped on its way.
+    assert guard.holds("incidents", 0, [7], committed=5, fetched={6, 7})
+    clock.now += 11
+    with pytest.raises(SkippedRecord, match=r"incidents\[0\]"):
+        guard.holds("incidents", 0, [7, 8], committed=5, fetched={6, 7, 8})
 
 
 @pytest.fixture
@@ -86,6 +93,19 @@ def test_the_processors_consumer_does_not_commit_past_a_skipped_report(consumer:
         consumer._new_offset(reports)  # type: ignore[attr-defined]
     consumer._acked[reports] = [5, 6, 7]  # type: ignore[attr-defined]
     assert consumer._new_offset(reports) == 8  # type: ignore[attr-defined]
+
+
+def test_the_processors_consumer_does_not_commit_past_a_dropped_incident(
+    consumer: object,
+) -> None:
+    incidents = TP(INCIDENTS_CLASSIFIED.name("t."), 4)
+    consumer._committed_offset[incidents] = 10  # type: ignore[attr-defined]
+    consumer._fetched[incidents].update({3, 11, 12, 13})  # type: ignore[attr-defined]
+    consumer._acked[incidents] = [12, 13]  # type: ignore[attr-defined]
+    assert consumer._new_offset(incidents) is None  # type: ignore[attr-defined]
+    assert consumer._fetched[incidents] == {11, 12, 13}  # type: ignore[attr-defined]
+    consumer._acked[incidents] = [11, 12, 13]  # type: ignore[attr-defined]
+    assert consumer._new_offset(incidents) == 14  # type: ignore[attr-defined]
 
 
 def test_the_processors_consumer_keeps_gaps_only_where_transactions_write(
