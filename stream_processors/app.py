@@ -37,7 +37,7 @@ from schemas.validation import validation_reason
 from stream_processors import aiokafka_patches
 from stream_processors.classify_stage import open_incident
 from stream_processors.config_holder import ConfigHolder, LoadedConfig
-from stream_processors.contiguous_offsets import PATIENCE_S, ContiguityGuard, guarded_consumer
+from stream_processors.offsets import PATIENCE_S, CommitGuard, guarded_consumer
 from stream_processors.routing.core import plan_notifications
 
 log = logging.getLogger("escalate.processors")
@@ -61,7 +61,7 @@ class ProcessorConfig:
     #: default that lands in the working directory, so the composition root points it here
     data_dir: str | None = None
     #: how long a hole in the reports' acknowledged offsets may stay open before the worker
-    #: starts again from it (see contiguous_offsets)
+    #: starts again from it (see stream_processors/offsets)
     skipped_record_patience_s: float = PATIENCE_S
 
 
@@ -178,10 +178,11 @@ def create_app(
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
     )
+    # faust's consumer, corrected so that no record is passed over (stream_processors/offsets).
     # Only the intake writes reports, without transactions: an offset not acknowledged there is
-    # a report not processed, and the commit must not pass it. The incidents topic is written in
-    # transactions, so only the offsets actually fetched count there (see contiguous_offsets).
-    guard = ContiguityGuard({REPORTS_SUBMITTED.name(prefix)}, config.skipped_record_patience_s)
+    # a report not processed. The incidents topic is written in transactions, so there only the
+    # offsets actually handed on to the agents count.
+    guard = CommitGuard({REPORTS_SUBMITTED.name(prefix)}, config.skipped_record_patience_s)
     app.transport.Consumer = guarded_consumer(guard)  # type: ignore[misc]
     reports = _raw_topic(app, REPORTS_SUBMITTED, prefix)
     incidents = _raw_topic(app, INCIDENTS_CLASSIFIED, prefix)

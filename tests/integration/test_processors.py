@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaConsumer, KafkaProducer, TopicPartition
+from kafka.structs import OffsetAndMetadata
 
 from escalate.settings import DEFAULT_CONFIG_DIR
 from escalate.topics_admin import ensure_topics
@@ -292,3 +293,65 @@ def test_a_changed_policy_takes_effect_without_restart(
     wait_until(lambda: three in decisions(), 90, "the third decision")
     assert decisions()[three].decision.rules_version == second.rules_version
     publisher.close()
+
+
+def test_offsets_where_no_report_is_do_not_hold_the_processors_back(
+    processors: Processors, kafka_bootstrap: str, isolation: str
+) -> None:
+    """The reports topic has no holes past the first record the processors fetch, so they hold a
+    commit back at any offset not processed (stream_processors/offsets.py). Before
+    that first record there can be offsets with no report to read: here another writer's
+    aborted transaction, where the group's committed offset points. Holding there would end the
+    worker every 10 s for a hole no restart fills; it must read on and commit past it."""
+    prefix = f"{isolation}."
+    topic = REPORTS_SUBMITTED.name(prefix)
+    writer = KafkaProducer(bootstrap_servers=kafka_bootstrap, transactional_id=f"{isolation}-x")
+    writer.init_transactions()
+    writer.begin_transaction()
+    for _ in range(3):
+        writer.send(topic, key=b"x", value=b"never committed", partition=0)
+    writer.flush()
+    writer.abort_transaction()  # offsets 0-2, and the abort marker at 3
+    writer.close()
+    group = f"{isolation}-processors"
+    committer = KafkaConsumer(bootstrap_servers=kafka_bootstrap, group_id=group)
+    try:
+        committer.commit({TopicPartition(topic, 0): OffsetAndMetadata(1, "", -1)})
+    finally:
+        committer.close()
+    publisher = ReportPublisher(kafka_bootstrap, prefix)
+    sent: dict[str, int] = {}
+    while list(sent.values()).count(0) < 2:  # reports keyed onto partition 0, past the hole
+        submitted = publisher.publish(report(len(sent)), "test")
+        sent[submitted.report_id] = partition_of(submitted.report_id, REPORTS_SUBMITTED.partitions)
+        assert len(sent) < 200
+    publisher.close()
+
+    processors.start()
+    incidents_topic = REPORTS_CLASSIFIED.name(prefix)
+
+    def classified() -> set[str]:
+        found = read_all(kafka_bootstrap, incidents_topic)
+        return {IncidentClassified.model_validate_json(v).report_ids[0] for v in found}
+
+    wait_until(lambda: classified() == set(sent), 90, "every report classified")
+    end = 4 + list(sent.values()).count(0)
+    wait_until(lambda: committed_at(kafka_bootstrap, group, topic, 0) == end, 30, "the commit")
+    time.sleep(12)  # longer than the guard's patience: a hold would have ended the worker
+    assert processors.proc is not None and processors.proc.poll() is None, "the worker ended"
+    assert "holding the commit back" not in processors.log.read_text("utf-8")
+
+
+def partition_of(key: str, partitions: int) -> int:
+    """Where the intake's producer puts a key (Kafka's default partitioner)."""
+    from kafka.partitioner.default import murmur2
+
+    return (murmur2(key.encode("utf-8")) & 0x7FFFFFFF) % partitions
+
+
+def committed_at(bootstrap: str, group: str, topic: str, partition: int) -> int | None:
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    try:
+        return consumer.committed(TopicPartition(topic, partition))
+    finally:
+        consumer.close()
